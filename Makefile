@@ -1,0 +1,48 @@
+# Two entry points from a fresh clone: `make demo` and `make test` (each sets itself up first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+TORCH_VERSION := 2.13.0
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_ENABLE_TELEMETRY := false
+export DO_NOT_TRACK := 1
+
+.PHONY: setup demo test test-fast lint bench lock clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: requirements/dev.lock pyproject.toml tools/setup-system.sh
+	bash tools/setup-system.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	# Hashed, exact versions; bytecode compiled now so no run pays for it (PYTHONDONTWRITEBYTECODE).
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode --require-hashes \
+	    --index-url https://pypi.org/simple -r requirements/dev.lock
+	# torch apart: pip takes the local CPU wheel (uv would fetch a multi-GB CUDA build).
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+demo: setup  ## generate the example project and reproduce it (the reference pipeline)
+	$(BIN)/snakemake --cores all
+
+test: setup  ## every test, slow end-to-end ones included
+	$(BIN)/pytest -m "slow or not slow"
+
+test-fast: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check generator tests tools bench workflow
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+lock:
+	bash tools/lock.sh
+
+clean:
+	rm -rf build .snakemake

@@ -1,0 +1,202 @@
+"""What the results were made with: packages (checked against the lock), hardware, git, front end.
+
+Everything here is cheap (no network, no framework import in the run-time facts) so provenance
+costs well under a second per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK_FILES = ("requirements.lock", "requirements-torch.txt")
+# Pipeline outputs change during every run; they are not code, so they do not make a tree dirty.
+OUTPUT_PATHS = ("results", "dvc.lock", "data", "models", "mlruns.db", "mlartifacts")
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+
+
+class LockMismatch(SystemExit):
+    """Installed packages differ from the lock; the message names each one."""
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(root: Path = ROOT) -> dict[str, str]:
+    """name -> version for every `name==version` line of the lock files that exist."""
+    found: dict[str, str] = {}
+    for name in LOCK_FILES:
+        path = root / name
+        if path.exists():
+            for line in path.read_text().splitlines():
+                match = _PIN.match(line.strip())
+                if match:
+                    found[normalise(match.group(1))] = match.group(2)
+    return found
+
+
+def installed() -> dict[str, str]:
+    return {
+        normalise(dist.metadata["Name"]): dist.version
+        for dist in metadata.distributions()
+        if dist.metadata["Name"]
+    }
+
+
+def check_lock(root: Path = ROOT) -> None:
+    """Raise LockMismatch naming every pinned package that is missing or at another version.
+
+    A local version label (torch 2.13.0+cpu, +cu128) names the build for an accelerator; it is
+    recorded, not enforced.
+    """
+    have = installed()
+    problems = []
+    for name, version in sorted(pins(root).items()):
+        found = have.get(name)
+        if found is None:
+            problems.append(f"'{name}' is pinned to {version} but not installed")
+        elif found.split("+", 1)[0] != version.split("+", 1)[0]:
+            problems.append(f"'{name}' is pinned to {version} but {found} is installed")
+    if problems:
+        raise LockMismatch(
+            "environment: installed packages differ from the lock: "
+            + "; ".join(problems)
+            + ". Install the lock: pip install --require-hashes -r requirements.lock"
+        )
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def gpus() -> list[dict[str, str]]:
+    """GPU model, driver and memory from nvidia-smi (or rocm-smi); empty on a CPU-only machine."""
+    out = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    if out:
+        rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
+        cuda = _run(["nvidia-smi"]) or ""
+        match = re.search(r"CUDA Version:\s*([\d.]+)", cuda)
+        return [
+            {"vendor": "nvidia", "name": r[0], "driver": r[1], "memory": r[2],
+             "cuda_driver_api": match.group(1) if match else "unknown"}
+            for r in rows
+        ]
+    out = _run(["rocm-smi", "--showproductname", "--csv"])
+    if out:
+        return [{"vendor": "amd", "name": line} for line in out.splitlines()[1:] if line.strip()]
+    return []
+
+
+def _framework_build() -> dict[str, Any]:
+    """The accelerator build of torch, if this project uses it (CUDA runtime it was built for)."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    return {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+    }
+
+
+def environment(root: Path = ROOT) -> dict[str, Any]:
+    """Software and hardware facts for results/environment.json (no timestamps: deterministic)."""
+    lock = root / "requirements.lock"
+    return {
+        "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
+        "os": {"name": _os_name(), "kernel": platform.release(), "machine": platform.machine()},
+        "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count()},
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpus": gpus(),
+        "framework_build": _framework_build(),
+        "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None,
+        "packages": dict(sorted(installed().items())),
+    }
+
+
+def git_state(root: Path = ROOT) -> dict[str, Any]:
+    """Commit, branch, dirty flag and the diff of code and config against HEAD (outputs excluded)."""
+    commit = _run(["git", "rev-parse", "HEAD"], root)
+    if commit is None:
+        return {"commit": None, "branch": None, "dirty": None, "diff": "", "untracked": []}
+    spec = [".", *(f":(exclude){p}" for p in OUTPUT_PATHS)]
+    diff = _run(["git", "diff", "HEAD", "--", *spec], root) or ""
+    untracked = (_run(["git", "ls-files", "--others", "--exclude-standard", "--", *spec], root) or "")
+    untracked_files = [line for line in untracked.splitlines() if line]
+    return {
+        "commit": commit,
+        "branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"], root),
+        "dirty": bool(diff or untracked_files),
+        "diff": diff,
+        "untracked": untracked_files,
+    }
+
+
+def front_end() -> dict[str, str]:
+    """Which front end started this step, and its command line (found among our ancestors)."""
+    pid = os.getppid()
+    for _ in range(12):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            text = " ".join(a.decode(errors="replace") for a in argv if a)
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        words = [Path(a.decode(errors="replace")).name for a in argv[:3] if a]
+        for tool in ("snakemake", "dvc"):
+            if tool in words:
+                return {"front_end": tool, "command_line": text}
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            break
+    return {"front_end": "direct", "command_line": " ".join(sys.argv)}
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("snakemake", "dvc", "mlflow", "torch", "scikit-learn", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def freeze() -> str:
+    """pip-freeze-style listing of the installed packages."""
+    return "".join(f"{name}=={version}\n" for name, version in sorted(installed().items()))

@@ -1,0 +1,183 @@
+"""The MLflow record of a pipeline run: params, per-epoch metrics, the model and full provenance.
+
+`tracking.mode: local` (the default) needs no server: a SQLite store and an artifact folder in the
+project, both gitignored. `server` points the client at an MLflow server by URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from . import model, provenance
+
+SECRET_KEYS = ("password", "secret", "token", "key")
+
+
+def tracking_uri(root: Path, tracking: dict[str, Any]) -> str:
+    """Resolve a relative sqlite path against the project root, so any working directory works."""
+    uri = tracking["uri"]
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def redact(uri: str) -> str:
+    """A URI without its password, for anything that is logged or recorded."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif not any(word in key.lower() for word in SECRET_KEYS):
+            flat[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return flat
+
+
+def _experiment(client: Any, root: Path, config: dict[str, Any]) -> str:
+    tracking = config["tracking"]
+    found = client.get_experiment_by_name(tracking["experiment"])
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking["mode"] == "local":
+        location = (root / tracking.get("artifacts", "mlartifacts")).resolve().as_uri()
+    return client.create_experiment(tracking["experiment"], artifact_location=location)
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _datasets(root: Path, data_record: dict[str, Any]) -> list[tuple[Any, str]]:
+    """The raw data and the two splits as MLflow datasets, each with its content digest."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    pin = {k: str(v) for k, v in data_record["pin"].items()}
+    source = CodeDatasetSource({"source": data_record["source"], **pin})
+    # MLflow stores digests of at most 36 characters; the full sha256 values are tags and artifacts.
+    out = [(MetaDataset(source, name="raw", digest=data_record["sha256"][:32]), "raw")]
+    prepared = root / "data" / "prepared"
+    for part in ("train", "test"):
+        digest = hashlib.sha256()
+        for name in (f"x_{part}.npy", f"y_{part}.npy"):
+            digest.update((prepared / name).read_bytes())
+        out.append((MetaDataset(source, name=part, digest=digest.hexdigest()[:32]), part))
+    return out
+
+
+def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Log one run and return its ids (written to results/run.json)."""
+    started = time.perf_counter()
+    git = provenance.git_state(root)
+    launcher = provenance.front_end()
+    versions = provenance.tool_versions()
+    frozen = provenance.freeze()
+    provenance_seconds = time.perf_counter() - started
+
+    import mlflow
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    results = root / "results"
+    environment = _read(results / "environment.json")
+    data_record = _read(results / "data.json")
+    metrics = _read(results / "metrics.json")
+    history = _read(results / "history.json")
+    training = _read(root / "models" / "training.json")
+
+    uri = tracking_uri(root, config["tracking"])
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = _experiment(client, root, config)
+    gpu_names = ", ".join(g["name"] for g in environment["gpus"]) or "none"
+    tags = {
+        "mlflow.source.git.commit": git["commit"] or "",
+        "mlflow.source.name": launcher["front_end"],
+        "mlflow.source.type": "PROJECT",
+        "git.commit": git["commit"] or "",
+        "git.branch": git["branch"] or "",
+        "git.dirty": str(git["dirty"]).lower(),
+        "seed": str(config["seed"]),
+        "front_end": launcher["front_end"],
+        "command_line": launcher["command_line"],
+        "data.source": data_record["source"],
+        "data.sha256": data_record["sha256"],
+        "hardware.cpu": environment["cpu"]["model"],
+        "hardware.gpu": gpu_names,
+        "hardware.os": environment["os"]["name"],
+        "python.version": environment["python"]["version"],
+        "train.device": training["device"],
+        "train.device_name": training["device_name"],
+        "train.precision": training["precision"],
+        "lock.sha256": environment["lock_sha256"] or "",
+        "provenance.seconds": f"{provenance_seconds:.3f}",
+        **{f"version.{name}": version for name, version in versions.items()},
+    }
+    params = flatten({k: v for k, v in config.items() if k != "tracking"})
+    params["tracking.mode"] = config["tracking"]["mode"]
+    now = int(time.time() * 1000)
+    series = [
+        Metric(f"epoch_{key}", float(row[key]), now, int(row["epoch"]))
+        for row in history
+        for key in row
+        if key != "epoch"
+    ]
+    final = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=f"{launcher['front_end']}-{(git['commit'] or 'nogit')[:8]}",
+        tags=tags,
+    ) as run:
+        run_id = run.info.run_id
+        items = [Param(k, v) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[start : start + 100])
+        for start in range(0, len(series + final), 900):
+            client.log_batch(run_id, metrics=(series + final)[start : start + 900])
+        for dataset, context in _datasets(root, data_record):
+            mlflow.log_input(dataset, context=context)
+        mlflow.log_text(git["diff"], "provenance/git.diff")
+        mlflow.log_text(frozen, "provenance/pip-freeze.txt")
+        mlflow.log_dict(
+            {**{k: v for k, v in git.items() if k != "diff"}, **launcher, "versions": versions},
+            "provenance/run.json",
+        )
+        for path in (
+            results / "environment.json",
+            results / "data.json",
+            results / "metrics.json",
+            results / "history.json",
+            root / "models" / "training.json",
+            root / "config" / "config.yaml",
+            root / "requirements.lock",
+        ):
+            mlflow.log_artifact(str(path), artifact_path="provenance")
+        requirements = [f"{n}=={v}" for n, v in sorted(provenance.pins(root).items())
+                        if n in ("torch", "scikit-learn", "numpy", "mlflow")]
+        example = np.load(root / "data" / "prepared" / "x_test.npy")[:2]
+        model.log_to_mlflow(model.load(root / "models" / model.FILENAME), requirements, example)
+    return {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "experiment": config["tracking"]["experiment"],
+        "tracking_uri": redact(config["tracking"]["uri"]),
+    }

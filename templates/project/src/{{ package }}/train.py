@@ -1,0 +1,36 @@
+"""Training entry point: seed everything, fit, save the model and how it was trained."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data, model, provenance
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and the framework. Batches are drawn in-process (no loader workers to seed)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    model.seed(seed)
+
+
+def train(prepared: Path, models: Path, config: dict[str, Any]) -> list[dict[str, float]]:
+    provenance.check_lock()  # fail before training, not after hours of it
+    seed_everything(config["seed"])
+    x, y = data.load_split(prepared, "train")
+    fitted, history, runtime = model.fit(
+        x, y, len(data.classes(prepared)), config["train"], config["seed"]
+    )
+    if models.exists():
+        shutil.rmtree(models)
+    models.mkdir(parents=True)
+    model.save(fitted, models / model.FILENAME)
+    runtime["seed"] = config["seed"]
+    (models / "training.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
+    return history

@@ -1,0 +1,17 @@
+rule track:
+    # One MLflow run per pipeline run: params, per-epoch metrics, the model and full provenance.
+    input:
+        "results/metrics.json",
+        "results/history.json",
+        "results/environment.json",
+        "results/data.json",
+        "models",
+        "workflow/scripts/track.py",
+        f"{PKG}/tracking.py",
+        f"{PKG}/provenance.py",
+    output:
+        "results/run.json",
+    params:
+        tracking=config["tracking"],
+    shell:
+        "python workflow/scripts/track.py"

@@ -1,0 +1,28 @@
+rule train:
+    input:
+        "data/prepared",
+        "results/environment.json",
+        "workflow/scripts/train.py",
+        f"{PKG}/train.py",
+        f"{PKG}/model.py",
+    output:
+        directory("models"),
+        "results/history.json",
+    params:
+        seed=config["seed"],
+        train=config["train"],
+    shell:
+        "python workflow/scripts/train.py"
+
+
+rule evaluate:
+    input:
+        "models",
+        "data/prepared",
+        "workflow/scripts/evaluate.py",
+        f"{PKG}/evaluate.py",
+        f"{PKG}/model.py",
+    output:
+        "results/metrics.json",
+    shell:
+        "python workflow/scripts/evaluate.py"

@@ -1,0 +1,99 @@
+"""Check that dvc.yaml and the Snakemake rules describe the same pipeline.
+
+For every step: the same name, the same command, the same inputs (deps), outputs (outs, metrics,
+plots) and params. Exits non-zero naming each stage that disagrees, so neither front end can drift.
+Usage: python workflow/scripts/check_pipeline.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SKIP_RULES = {"all"}
+
+
+def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:
+    stages = {}
+    for name, stage in (yaml.safe_load(path.read_text()).get("stages") or {}).items():
+        outs = []
+        for kind in ("outs", "metrics", "plots"):
+            for item in stage.get(kind) or []:
+                outs.append(next(iter(item)) if isinstance(item, dict) else item)
+        params = []
+        for item in stage.get("params") or []:
+            if isinstance(item, dict):
+                for keys in item.values():
+                    params += list(keys)
+            else:
+                params.append(item)
+        stages[name] = {
+            "cmd": " ".join(str(stage.get("cmd", "")).split()),
+            "deps": sorted(stage.get("deps") or []),
+            "outs": sorted(outs),
+            "params": sorted(p.replace(".", "_") for p in params),
+        }
+    return stages
+
+
+def snakemake_rules(root: Path) -> dict[str, dict[str, Any]]:
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, ResourceSettings
+
+    rules = {}
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(),
+            snakefile=root / "workflow" / "Snakefile",
+            workdir=root,
+        )
+        # The public API prints rules but does not return them; the parsed workflow holds them.
+        for rule in workflow_api._workflow.rules:
+            if rule.name in SKIP_RULES:
+                continue
+            rules[rule.name] = {
+                "cmd": " ".join(str(rule.shellcmd or "").split()),
+                "deps": sorted(str(f) for f in rule.input),
+                "outs": sorted(str(f) for f in rule.output),
+                "params": sorted(rule.params.keys()),
+            }
+    return rules
+
+
+def compare(dvc: dict[str, dict[str, Any]], smk: dict[str, dict[str, Any]]) -> list[str]:
+    problems = []
+    for name in sorted(set(dvc) | set(smk)):
+        if name not in smk:
+            problems.append(f"stage '{name}': in dvc.yaml but no Snakemake rule of that name")
+            continue
+        if name not in dvc:
+            problems.append(f"stage '{name}': a Snakemake rule with no stage in dvc.yaml")
+            continue
+        for field in ("cmd", "deps", "outs", "params"):
+            a, b = dvc[name][field], smk[name][field]
+            if a != b:
+                if isinstance(a, list):
+                    only_dvc, only_smk = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+                    detail = f"only in dvc.yaml {only_dvc}, only in Snakemake {only_smk}"
+                else:
+                    detail = f"dvc.yaml '{a}' vs Snakemake '{b}'"
+                problems.append(f"stage '{name}': {field} differ: {detail}")
+    return problems
+
+
+def main() -> int:
+    problems = compare(dvc_stages(ROOT / "dvc.yaml"), snakemake_rules(ROOT))
+    for problem in problems:
+        print(f"check_pipeline: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print("check_pipeline: dvc.yaml and the Snakemake rules agree")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
