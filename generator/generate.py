@@ -6,6 +6,7 @@ final move is a rename), and the destination is only touched once all steps succ
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import warnings
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import copier
+import yaml
 
 from reprostack.errors import ReprostackError
 from reprostack.vcs import init_dvc, init_git
@@ -59,13 +61,31 @@ def render(dst: Path, data: Mapping[str, Any], defaults: bool) -> None:
                 unsafe=False,
             )
         except (ValueError, copier.errors.CopierError) as error:
-            raise ReprostackError(_one_line(str(error))) from None
+            raise ReprostackError(explain(str(error), data)) from None
         except KeyboardInterrupt:
             raise ReprostackError("interrupted; nothing was written") from None
 
 
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+def _questions() -> dict[str, Any]:
+    return yaml.safe_load((template_root() / "copier.yml").read_text())
+
+
+def explain(message: str, data: Mapping[str, Any]) -> str:
+    """Copier's messages, reworded to one line naming the field, the value and what is accepted."""
+    message = " ".join(message.split())
+    if match := re.match(r"Validation error for question '(\w+)': (.*)", message):
+        return match.group(2)
+    if match := re.match(r"Invalid choice for '(\w+)': '(.*)' is not in \[(.*)\]", message):
+        accepted = match.group(3).replace("'", "")
+        return f"{match.group(1)}: '{match.group(2)}' is not known; accepted: {accepted}"
+    if match := re.match(r'Question "(\w+)" is required', message):
+        field = match.group(1)
+        hint = _questions().get(field, {}).get("help", "")
+        return f"{field}: no value given; it is required with these answers ({hint})"
+    if match := re.match(r"invalid literal for int\(\) with base \d+: '(.*)'", message):
+        fields = [k for k, v in data.items() if str(v) == match.group(1)] or ["an answer"]
+        return f"{fields[0]}: '{match.group(1)}' is not an integer; accepted: a whole number"
+    return message
 
 
 def generate(
