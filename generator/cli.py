@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from reprostack import __version__
 from reprostack.errors import ReprostackError
 from reprostack.generate import generate

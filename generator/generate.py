@@ -16,10 +16,9 @@ from typing import Any
 
 import copier
 import yaml
-
 from reprostack.errors import ReprostackError
-from reprostack.vcs import init_dvc, init_git
 from reprostack.template import template_root
+from reprostack.vcs import init_dvc, init_git
 
 Progress = Callable[[str], None]
 

@@ -133,10 +133,10 @@ def _hub_handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             if body:
                 self.wfile.write(content)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._answer(body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._answer(body=True)
 
     return Handler

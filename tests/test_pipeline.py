@@ -163,7 +163,7 @@ def test_pytorch_huggingface_source(tmp_path: Path, env: dict[str, str]) -> None
     commit = hub.add("acme/species", {"data/train.csv": table})
     with hf_hub(hub) as endpoint:
         env["HF_ENDPOINT"] = endpoint
-        smk, dvc = both_front_ends(
+        smk, _ = both_front_ends(
             tmp_path, env, "data_source=huggingface", "hf_repo_id=acme/species",
             f"hf_revision={commit}", "data_file=data/train.csv", "data_target=species",
         )
