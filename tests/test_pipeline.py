@@ -13,7 +13,7 @@ from conftest import Project, generate, run, table_csv
 from loopback import FakeHub, git_daemon, hf_hub, https_files, self_signed_cert
 
 pytestmark = pytest.mark.slow
-STAGES = {"environment", "data", "prepare", "train", "evaluate", "track"}
+STAGES = {"environment", "data", "prepare", "train", "evaluate", "track", "verify"}
 
 
 def planned(project: Project) -> set[str]:
@@ -93,6 +93,11 @@ def both_front_ends(tmp: Path, env: dict[str, str], *answers: str) -> tuple[Proj
     smk.snakemake()
     dvc.dvc("repro")
     assert smk.json("results/metrics.json") == dvc.json("results/metrics.json")
+    # Same bytes, not only the same metrics: the model files are bitwise identical.
+    models = [p for p in (smk.path / "models").iterdir() if p.name != ".snakemake_timestamp"]
+    assert len(models) == 2  # the model and training.json
+    for model in models:
+        assert model.read_bytes() == (dvc.path / "models" / model.name).read_bytes(), model.name
     assert_run_recorded(smk, "snakemake")
     assert_run_recorded(dvc, "dvc")
     assert_versioned_by_dvc(smk)
@@ -116,12 +121,12 @@ def test_pytorch_sample_both_front_ends_rerun_only_what_changed(
 
     # One value changed: only the steps that read it (and what depends on their outputs) rerun.
     smk.set_config("train.epochs", 3)
-    assert planned(smk) == {"train", "evaluate", "track"}
+    assert planned(smk) == {"train", "evaluate", "track", "verify"}
     smk.snakemake()
     assert smk.sql("SELECT COUNT(*) FROM runs")[0][0] == runs_before + 1
     assert len(smk.json("results/history.json")) == 3
     dvc.set_config("prepare.test_size", 0.3)
-    assert dvc_ran(dvc.dvc("repro").stdout) == {"prepare", "train", "evaluate", "track"}
+    assert dvc_ran(dvc.dvc("repro").stdout) == {"prepare", "train", "evaluate", "track", "verify"}
     assert dvc.json("results/metrics.json")["n_test"] == 540
     assert_versioned_by_dvc(smk)
 
@@ -224,7 +229,7 @@ def test_code_change_is_recorded_as_dirty_with_its_diff(tmp_path: Path, env: dic
     project.snakemake()
     model = project.path / "src/digits_repro/model.py"
     model.write_text(model.read_text() + "\n# tuned by hand\n")
-    assert planned(project) == {"train", "evaluate", "track"}
+    assert planned(project) == {"train", "evaluate", "track", "verify"}
     project.snakemake()
     run_id = project.json("results/run.json")["run_id"]
     tags = dict(project.sql("SELECT key, value FROM tags WHERE run_uuid = ?", run_id))

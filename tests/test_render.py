@@ -27,7 +27,8 @@ def test_layout_reads_like_the_lifecycle(default_project: Project) -> None:
         "README.md", "config/config.yaml", "dvc.yaml", "requirements.lock", "requirements-torch.txt",
         "workflow/Snakefile", "workflow/schemas/config.schema.json", ".gitignore", ".dvcignore",
         "workflow/rules/environment.smk", "workflow/rules/data.smk", "workflow/rules/train.smk",
-        "workflow/rules/track.smk", "src/digits_repro/model.py", "src/digits_repro/provenance.py",
+        "workflow/rules/track.smk", "workflow/rules/verify.smk", "reference/README.md",
+        "src/digits_repro/model.py", "src/digits_repro/verify.py", "src/digits_repro/provenance.py",
         "tests/test_project.py", ".copier-answers.yml",
     ):
         assert (p / rel).is_file(), rel

@@ -35,12 +35,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+IGNORED = {".snakemake_timestamp"}  # Snakemake's marker in directory outputs, not data
+
+
 def manifest(root: Path) -> dict[str, str]:
     """sha256 of every file under root, by relative path (sorted: the manifest is deterministic)."""
     return {
         path.relative_to(root).as_posix(): sha256_file(path)
         for path in sorted(root.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path.name not in IGNORED
     }
 
 

@@ -127,6 +127,8 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "train.device": training["device"],
         "train.device_name": training["device_name"],
         "train.precision": training["precision"],
+        "train.deterministic_algorithms": str(training.get("deterministic_algorithms", "n/a")),
+        "train.cublas_workspace_config": str(training.get("cublas_workspace_config", "n/a")),
         "lock.sha256": environment["lock_sha256"] or "",
         "provenance.seconds": f"{provenance_seconds:.3f}",
         **{f"version.{name}": version for name, version in versions.items()},
@@ -181,3 +183,25 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "experiment": config["tracking"]["experiment"],
         "tracking_uri": redact(config["tracking"]["uri"]),
     }
+
+
+def link_report(root: Path, config: dict[str, Any], result: dict[str, Any]) -> None:
+    """Attach the reproduction report to this run's MLflow record (when the run is in this store)."""
+    run_file = root / "results" / "run.json"
+    if not run_file.exists():
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = _read(run_file)["run_id"]
+    client = MlflowClient(tracking_uri(root, config["tracking"]))
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        # A fresh clone reuses the committed results: their run lives in the author's store.
+        print(f"verify: MLflow run {run_id} is not in this store; the report stays in results/")
+        return
+    for name in ("report.md", "curves.png", "verify.json"):
+        client.log_artifact(run_id, str(root / "results" / name), artifact_path="reproduction")
+    client.set_tag(run_id, "verify.status", result["status"])
+    client.set_tag(run_id, "reproduction.report", "reproduction/report.md")

@@ -31,6 +31,9 @@ def train(prepared: Path, models: Path, config: dict[str, Any]) -> list[dict[str
         shutil.rmtree(models)
     models.mkdir(parents=True)
     model.save(fitted, models / model.FILENAME)
-    runtime["seed"] = config["seed"]
+    seed = config["seed"]
+    # Data order comes from its own generator seeded with the same value; batches are drawn
+    # in-process, so there are no loader workers to seed.
+    runtime["seeds"] = {"python": seed, "numpy": seed, "framework": seed, "data_order": seed}
     (models / "training.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
     return history

@@ -1,0 +1,204 @@
+"""Compare a run with the committed reference results, and explain any difference.
+
+The reference (reference/, committed by `python workflow/scripts/publish_reference.py`) holds the
+metrics, the per-epoch history, dvc.lock and a provenance summary. A run verifies when every
+metric is within its tolerance (exact by default; `verify.gpu_tolerance` applies when either run
+trained on a GPU). Whatever the outcome, the report says what differs: parameters, data hashes,
+code since the reference commit, packages and hardware.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from . import data, provenance
+
+REFERENCE = "reference"
+COMPARED_PARAMS = ("seed", "data", "prepare", "train")
+CODE_PATHS = ("src", "workflow", "config", "dvc.yaml", "requirements.lock", "requirements-torch.txt")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fingerprint(environment: dict[str, Any]) -> str:
+    """One hash for the software: Python version and every installed package version."""
+    payload = {"python": environment["python"]["version"], "packages": environment["packages"]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def snapshot(root: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The provenance summary of the results in the working copy now."""
+    environment = _read(root / "results" / "environment.json") or {}
+    training = _read(root / "models" / "training.json") or {}
+    git = provenance.git_state(root)
+    return {
+        "commit": git["commit"],
+        "dirty": git["dirty"],
+        "params": _flat({k: config[k] for k in COMPARED_PARAMS}),
+        "data": data.manifest(root / "data" / "raw") if (root / "data" / "raw").exists() else {},
+        "model": data.manifest(root / "models") if (root / "models").exists() else {},
+        "environment_fingerprint": fingerprint(environment) if environment else None,
+        "python": environment.get("python", {}).get("version"),
+        "packages": environment.get("packages", {}),
+        "hardware": {"cpu": environment.get("cpu", {}).get("model"),
+                     "gpus": [g.get("name") for g in environment.get("gpus", [])]},
+        "device": training.get("device"),
+        "precision": training.get("precision"),
+    }
+
+
+def publish(root: Path, config: dict[str, Any]) -> Path:
+    """Make the current results the reference that later runs are verified against."""
+    target = root / REFERENCE
+    target.mkdir(exist_ok=True)
+    for name in ("metrics.json", "history.json"):
+        shutil.copyfile(root / "results" / name, target / name)
+    shutil.copyfile(root / "dvc.lock", target / "dvc.lock")
+    summary = snapshot(root, config)
+    (target / "provenance.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return target
+
+
+def _code_changes(root: Path, commit: str | None) -> tuple[list[str], str | None]:
+    if not commit:
+        return [], "the reference has no commit"
+    proc = subprocess.run(
+        ["git", "diff", "--name-only", commit, "--", *CODE_PATHS], cwd=root, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        return [], f"reference commit {commit[:12]} is not in this clone"
+    return [line for line in proc.stdout.splitlines() if line], None
+
+
+def _tolerances(config: dict[str, Any], gpu: bool) -> dict[str, float]:
+    section = config.get("verify", {})
+    return {**section.get("tolerance", {}), **(section.get("gpu_tolerance", {}) if gpu else {})}
+
+
+def compare(root: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything the report and the exit status need; 'status' is ok, failed or no-reference."""
+    ref_dir = root / REFERENCE
+    reference = _read(ref_dir / "provenance.json")
+    now = snapshot(root, config)
+    metrics = _read(root / "results" / "metrics.json")
+    if reference is None:
+        return {"status": "no-reference", "metrics": [], "differences": [], "now": now,
+                "reference": None, "current_metrics": metrics}
+    expected = _read(ref_dir / "metrics.json")
+    gpu = "cuda" in (now.get("device"), reference.get("device"))
+    tolerances = _tolerances(config, gpu)
+    rows = []
+    for name in sorted(set(expected) | set(metrics)):
+        want, got, tol = expected.get(name), metrics.get(name), float(tolerances.get(name, 0.0))
+        ok = want is not None and got is not None and abs(float(got) - float(want)) <= tol
+        rows.append({"metric": name, "expected": want, "found": got, "tolerance": tol, "ok": ok})
+    differences = []
+    for key in sorted(set(reference["params"]) | set(now["params"])):
+        if reference["params"].get(key) != now["params"].get(key):
+            differences.append(f"parameter {key}: reference {reference['params'].get(key)!r}, "
+                               f"now {now['params'].get(key)!r}")
+    for path in sorted(set(reference["data"]) | set(now["data"])):
+        if reference["data"].get(path) != now["data"].get(path):
+            differences.append(f"data data/raw/{path}: sha256 reference {reference['data'].get(path)}, "
+                               f"now {now['data'].get(path)}")
+    changed, note = _code_changes(root, reference.get("commit"))
+    if changed:
+        differences.append(f"code: changed since reference commit {reference['commit'][:12]} "
+                           f"(now {str(now['commit'])[:12]}{', dirty' if now['dirty'] else ''}): "
+                           + ", ".join(changed))
+    elif note:
+        differences.append(f"code: {note}")
+    packages = {
+        name: (reference["packages"].get(name), now["packages"].get(name))
+        for name in sorted(set(reference["packages"]) | set(now["packages"]))
+        if reference["packages"].get(name) != now["packages"].get(name)
+    }
+    if packages:
+        differences.append("packages: " + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in packages.items()))
+    if reference["hardware"] != now["hardware"]:
+        differences.append(f"hardware: reference {reference['hardware']}, now {now['hardware']}")
+    return {
+        "status": "ok" if all(r["ok"] for r in rows) else "failed",
+        "metrics": rows,
+        "differences": differences,
+        "packages_differ": packages,
+        "model_identical": reference["model"] == now["model"],
+        "gpu_tolerances": gpu,
+        "reference": {k: reference[k] for k in ("commit", "environment_fingerprint", "python",
+                                                 "hardware", "device", "precision")},
+        "now": {k: now[k] for k in ("commit", "dirty", "environment_fingerprint", "python",
+                                     "hardware", "device", "precision")},
+        "data": {"reference": reference["data"], "now": now["data"]},
+    }
+
+
+def plot_curves(root: Path, path: Path) -> None:
+    """Training curves, reference (dashed) beside this run (solid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    now = _read(root / "results" / "history.json") or []
+    ref = _read(root / REFERENCE / "history.json") or []
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        if ref:
+            ax.plot([r["epoch"] for r in ref], [r[key] for r in ref], "--", label="reference")
+        ax.plot([r["epoch"] for r in now], [r[key] for r in now], label="this run")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"training {key}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    status = {"ok": "VERIFIED", "failed": "NOT REPRODUCED",
+              "no-reference": "NO REFERENCE YET"}[result["status"]]
+    lines = [f"# Reproduction report: {status}", ""]
+    if result["status"] == "no-reference":
+        lines += ["No reference results are committed yet. To make this run the reference:",
+                  "`python workflow/scripts/publish_reference.py`, then commit `reference/`.", ""]
+    else:
+        lines += ["## Metrics", "", "| metric | reference | this run | tolerance | |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['metric']} | {r['expected']} | {r['found']} | {r['tolerance']} | "
+                  f"{'ok' if r['ok'] else 'MISMATCH'} |" for r in result["metrics"]]
+        ref, now = result["reference"], result["now"]
+        lines += ["", "## Provenance", "", "| | reference | this run |", "| --- | --- | --- |",
+                  f"| commit | {ref['commit']} | {now['commit']}{' (dirty)' if now['dirty'] else ''} |",
+                  f"| environment fingerprint | {ref['environment_fingerprint']} | "
+                  f"{now['environment_fingerprint']} |",
+                  f"| Python | {ref['python']} | {now['python']} |",
+                  f"| CPU | {ref['hardware']['cpu']} | {now['hardware']['cpu']} |",
+                  f"| GPUs | {', '.join(ref['hardware']['gpus']) or 'none'} | "
+                  f"{', '.join(now['hardware']['gpus']) or 'none'} |",
+                  f"| device / precision | {ref['device']} / {ref['precision']} | "
+                  f"{now['device']} / {now['precision']} |",
+                  f"| model files identical | | {result['model_identical']} |"]
+        for path in sorted(set(result["data"]["reference"]) | set(result["data"]["now"])):
+            lines.append(f"| data/raw/{path} sha256 | {result['data']['reference'].get(path)} | "
+                         f"{result['data']['now'].get(path)} |")
+        lines += ["", "## What differs from the reference", ""]
+        lines += [f"- {d}" for d in result["differences"]] or ["- nothing: same parameters, data, "
+                                                                 "code, packages and hardware"]
+    lines += ["", "## Training curves", "", "![training curves](curves.png)", ""]
+    return "\n".join(lines)
