@@ -6,6 +6,7 @@ final move is a rename), and the destination is only touched once all steps succ
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import tempfile
@@ -106,6 +107,7 @@ def generate(
     try:
         progress("rendering the template")
         render(staging, data or {}, defaults)
+        write_secrets(staging)
         progress("initialising DVC (remote: " + str(remote) + ")")
         init_dvc(staging, remote=remote, final_root=dst)
         progress("initialising git and committing")
@@ -116,6 +118,20 @@ def generate(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dst
+
+
+def write_secrets(root: Path) -> None:
+    """Random credentials for the project's service stack, in .env (mode 600, gitignored).
+
+    They are made here, not asked by Copier, so they never reach the answers file.
+    """
+    spec = importlib.util.spec_from_file_location(
+        "reprostack_stack", template_root() / "workflow" / "scripts" / "stack.py"
+    )
+    assert spec is not None and spec.loader is not None
+    stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stack)
+    stack.write_env(root / ".env", stack.new_secrets())
 
 
 def _move_into_place(staging: Path, dst: Path) -> None:

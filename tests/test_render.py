@@ -42,7 +42,9 @@ def test_config_validates_against_the_schema(default_project: Project) -> None:
     jsonschema.validate(config, schema)
     assert config["seed"] == 42 and config["data"]["source"] == "sample"
     assert config["tracking"] == {"mode": "local", "uri": "sqlite:///mlruns.db",
+                                  "server_uri": "http://127.0.0.1:5000",
                                   "artifacts": "mlartifacts", "experiment": "digits-repro"}
+    assert config["storage"]["mode"] == "local"
 
 
 def test_answers_file_allows_updates(default_project: Project) -> None:
@@ -51,6 +53,22 @@ def test_answers_file_allows_updates(default_project: Project) -> None:
     assert answers["_commit"]
     assert answers["framework"] == "pytorch" and answers["project_name"] == "digits-repro"
     assert "package" not in answers  # derived, not asked
+
+
+def test_secrets_are_random_private_and_untracked(default_project: Project, tmp_path: Path) -> None:
+    env_file = default_project.path / ".env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert len(values["POSTGRES_PASSWORD"]) >= 24 and len(values["AWS_SECRET_ACCESS_KEY"]) >= 30
+    tracked = run(["git", "ls-files"], default_project.path, default_project.env).stdout.split()
+    assert ".env" not in tracked
+    answers = (default_project.path / ".copier-answers.yml").read_text()
+    history = run(["git", "log", "-p", "--all"], default_project.path, default_project.env).stdout
+    for secret in values.values():
+        if len(secret) > 12:
+            assert secret not in answers and secret not in history
+    other = generate(tmp_path, "other", default_project.env)
+    assert (other.path / ".env").read_text() != env_file.read_text()
 
 
 def test_git_dvc_and_mlflow_need_no_server(default_project: Project) -> None:

@@ -24,6 +24,13 @@ class ConfigError(SystemExit):
     """A bad config value: exits non-zero with one line naming the key, the value and the rule."""
 
 
+def load_dotenv() -> None:
+    """Secrets for the tracking/storage stack live in .env (gitignored); set values win."""
+    from storage import load_dotenv as load
+
+    load(ROOT)
+
+
 def load_config(path: Path = CONFIG) -> dict[str, Any]:
     import jsonschema
 
@@ -38,6 +45,7 @@ def load_config(path: Path = CONFIG) -> dict[str, Any]:
 
 def project(module: str) -> tuple[dict[str, Any], ModuleType]:
     """The validated config and `<package>.<module>` from src/."""
+    load_dotenv()
     config = load_config()
     src = str(ROOT / "src")
     if src not in sys.path:

@@ -7,9 +7,12 @@ recomputed from the original, pinned data source, and `verify` checks it against
 import subprocess
 import sys
 
+from storage import load_dotenv, sync_remote
 from sync_mtimes import ROOT, sync
 
-proc = subprocess.run(["dvc", "pull"], cwd=ROOT, capture_output=True, text=True)
+load_dotenv(ROOT)
+remote = sync_remote(ROOT)
+proc = subprocess.run(["dvc", "pull", "--remote", remote], cwd=ROOT, capture_output=True, text=True)
 if proc.returncode != 0:
     detail = (proc.stderr or proc.stdout).strip().splitlines()
     sys.exit(

@@ -21,7 +21,9 @@ SECRET_KEYS = ("password", "secret", "token", "key")
 
 
 def tracking_uri(root: Path, tracking: dict[str, Any]) -> str:
-    """Resolve a relative sqlite path against the project root, so any working directory works."""
+    """The URI for the mode; a relative sqlite path is resolved against the project root."""
+    if tracking["mode"] == "server":
+        return tracking["server_uri"]
     uri = tracking["uri"]
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
@@ -37,6 +39,41 @@ def redact(uri: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def preflight(tracking: dict[str, Any]) -> None:
+    """With a tracking server, fail before any training if it is down or refuses the credentials."""
+    if tracking["mode"] != "server":
+        return
+    import base64
+    import os
+    import urllib.error
+    import urllib.request
+
+    base = tracking["server_uri"].rstrip("/")
+    advice = ("start it (python workflow/scripts/stack.py up, or docker compose -f docker/compose.yaml "
+              "up -d) or set tracking.mode: local")
+    try:
+        urllib.request.urlopen(f"{base}/health", timeout=5).close()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise SystemExit(f"tracking: the MLflow server at {redact(base)} is unreachable ({reason}); "
+                         f"{advice}. Nothing was trained.") from None
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        token = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise SystemExit(
+                f"tracking: the MLflow server at {redact(base)} rejected the credentials of user "
+                f"'{user or ''}' (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in .env). "
+                "Nothing was trained."
+            ) from None
+        raise
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -103,7 +140,8 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     history = _read(results / "history.json")
     training = _read(root / "models" / "training.json")
 
-    uri = tracking_uri(root, config["tracking"])
+    tracking = config["tracking"]
+    uri = tracking_uri(root, tracking)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment_id = _experiment(client, root, config)
@@ -181,7 +219,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "run_id": run_id,
         "experiment_id": experiment_id,
         "experiment": config["tracking"]["experiment"],
-        "tracking_uri": redact(config["tracking"]["uri"]),
+        "tracking_uri": redact(tracking["server_uri"] if tracking["mode"] == "server" else tracking["uri"]),
     }
 
 

@@ -1,0 +1,365 @@
+"""The tracking and storage stack without Docker: PostgreSQL, an S3 server and the MLflow server.
+
+The same services as docker/compose.yaml, from real parts on loopback: PostgreSQL from the
+system's packages (initdb and pg_ctl, as the postgres user when run as root), moto's S3 server
+(MinIO's API over HTTP; MinIO itself is not installable everywhere), and `mlflow server` with the
+compose file's flags (PostgreSQL backend, artifacts proxied to s3://, one worker, job execution
+off). Ports come from config/config.yaml (tracking.server_uri, storage.endpoint) and the
+secrets from .env.
+
+    python workflow/scripts/stack.py up       # start, wait for health, print the URLs
+    python workflow/scripts/stack.py status
+    python workflow/scripts/stack.py down     # stop everything it started; nothing is left behind
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+SECRET_KEYS = ("POSTGRES_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD",
+               "MLFLOW_FLASK_SERVER_SECRET_KEY")
+
+
+class StackError(SystemExit):
+    """A service did not come up; the message names it and says why."""
+
+
+def new_secrets() -> dict[str, str]:
+    """Random credentials for a new project (written to .env, mode 600, never to git)."""
+    return {
+        "POSTGRES_USER": "mlflow",
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+        "POSTGRES_DB": "mlflow",
+        "AWS_ACCESS_KEY_ID": "rs" + secrets.token_hex(9),
+        "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(24),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+    }
+
+
+def write_env(path: Path, values: dict[str, str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("# Secrets for the tracking and storage stack. Never commit this file.\n")
+        handle.writelines(f"{key}={value}\n" for key, value in values.items())
+    os.chmod(path, 0o600)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.lstrip().startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _port(url: str, default: int) -> int:
+    return urlsplit(url).port or default
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Ports and buckets from config/config.yaml when there is one, else the defaults."""
+    config: dict[str, Any] = {}
+    config_file = ROOT / "config" / "config.yaml"
+    if config_file.exists():
+        import yaml
+
+        config = yaml.safe_load(config_file.read_text())
+    tracking, storage = config.get("tracking", {}), config.get("storage", {})
+    return {
+        "mlflow_port": args.mlflow_port or _port(tracking.get("server_uri", ""), 5000),
+        "s3_port": args.s3_port or _port(storage.get("endpoint", ""), 9000),
+        "postgres_port": args.postgres_port,
+        "buckets": [storage.get("artifacts_bucket", "mlflow"), storage.get("bucket", "dvc")],
+        "auth": args.auth,
+    }
+
+
+def _wait(what: str, check, timeout: float, log: Path | None = None) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    tail = log.read_text()[-1500:] if log and log.exists() else ""
+    raise StackError(f"stack: {what} was not healthy after {timeout:.0f} s\n{tail}")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Start in its own session, so `down` can signal the whole process group."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=log.parent)
+    return proc.pid
+
+
+def _pg(tool: str) -> str:
+    for folder in PG_BIN_DIRS:
+        if (folder / tool).exists():
+            return str(folder / tool)
+    found = shutil.which(tool)
+    if not found:
+        raise StackError(f"stack: PostgreSQL's {tool} is not installed (Debian: apt-get install postgresql)")
+    return found
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """initdb refuses to run as root: run the server tools as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def start_postgres(state: Path, port: int, env: dict[str, str]) -> dict[str, Any]:
+    data, sockets = state / "pg", state / "pg-socket"
+    if not _port_free(port):
+        raise StackError(f"stack: port {port} for PostgreSQL is taken; pass --postgres-port")
+    fresh = not (data / "PG_VERSION").exists()
+    for folder in (data, sockets):
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+    data.chmod(0o700)
+    if fresh:
+        pwfile = state / "pg-superuser"
+        superuser_password = secrets.token_urlsafe(24)
+        pwfile.write_text(superuser_password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres", "postgres")
+        pwfile.chmod(0o600)
+        subprocess.run(_as_postgres([_pg("initdb"), "-D", str(data), "-U", "postgres",
+                                     "--auth=scram-sha-256", f"--pwfile={pwfile}"]),
+                       check=True, capture_output=True)
+    log = state / "postgres.log"
+    log.touch()
+    if os.geteuid() == 0:
+        shutil.chown(log, "postgres", "postgres")
+    proc = subprocess.run(
+        _as_postgres([_pg("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "30", "-o",
+                      f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets}", "start"]),
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise StackError(f"stack: PostgreSQL did not start: {proc.stderr.strip()}\n{log.read_text()[-800:]}")
+    if fresh:
+        _create_role(state, port, env)
+    _check_login(port, env)
+    return {"data": str(data)}
+
+
+def _create_role(state: Path, port: int, env: dict[str, str]) -> None:
+    import psycopg2
+
+    superuser = (state / "pg-superuser").read_text().strip()
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=superuser,
+                            dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE ROLE "{env["POSTGRES_USER"]}" LOGIN PASSWORD %s', (env["POSTGRES_PASSWORD"],))
+        cur.execute(f'CREATE DATABASE "{env["POSTGRES_DB"]}" OWNER "{env["POSTGRES_USER"]}"')
+    conn.close()
+
+
+def _check_login(port: int, env: dict[str, str]) -> None:
+    import psycopg2
+
+    try:
+        psycopg2.connect(host="127.0.0.1", port=port, user=env["POSTGRES_USER"],
+                         password=env["POSTGRES_PASSWORD"], dbname=env["POSTGRES_DB"],
+                         connect_timeout=5).close()
+    except psycopg2.OperationalError as error:
+        reason = "rejected the password" if "password authentication failed" in str(error) else str(error)
+        raise StackError(
+            f"stack: PostgreSQL at 127.0.0.1:{port} {reason} for user '{env['POSTGRES_USER']}' "
+            "(POSTGRES_PASSWORD in .env); the MLflow server cannot use it"
+        ) from None
+
+
+def start_s3(state: Path, port: int, env: dict[str, str], buckets: list[str]) -> dict[str, Any]:
+    if not _port_free(port):
+        raise StackError(f"stack: port {port} for the S3 server is taken (storage.endpoint)")
+    log = state / "s3.log"
+    pid = _spawn([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log)
+    _wait("the S3 server", lambda: _http_ok(f"http://127.0.0.1:{port}/moto-api/"), 30, log)
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for bucket in buckets:
+        if bucket not in existing:
+            s3.create_bucket(Bucket=bucket)
+    return {"pid": pid}
+
+
+def start_mlflow(state: Path, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    port = cfg["mlflow_port"]
+    if not _port_free(port):
+        raise StackError(f"stack: port {port} for the MLflow server is taken (tracking.server_uri)")
+    backend = (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
+               f"@127.0.0.1:{cfg['postgres_port']}/{env['POSTGRES_DB']}")
+    server_env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{cfg['s3_port']}",
+        "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        # The backend URI holds a password: hand it over in the environment, not on the command line.
+        "MLFLOW_BACKEND_STORE_URI": backend,
+    }
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
+           "--artifacts-destination", f"s3://{cfg['buckets'][0]}/artifacts",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if cfg["auth"]:
+        ini = state / "basic_auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{state / 'basic_auth.db'}\n"
+            f"admin_username = {env['MLFLOW_TRACKING_USERNAME']}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        server_env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini),
+                          MLFLOW_AUTH_ADMIN_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"],
+                          MLFLOW_FLASK_SERVER_SECRET_KEY=env["MLFLOW_FLASK_SERVER_SECRET_KEY"])
+        cmd += ["--app-name", "basic-auth"]
+    log = state / "mlflow.log"
+    started = time.monotonic()
+    pid = _spawn(cmd, log, server_env)
+    _wait("the MLflow server", lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 90, log)
+    return {"pid": pid, "seconds_to_healthy": round(time.monotonic() - started, 2)}
+
+
+def up(args: argparse.Namespace) -> dict[str, Any]:
+    state = args.state.resolve()
+    if (state / "stack.json").exists():
+        raise StackError(f"stack: already up (state in {state}); run `down` first")
+    state.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        state.chmod(0o755)  # the postgres user must reach its data folder
+    env_file = args.env_file
+    if not env_file.exists():
+        write_env(env_file, new_secrets())
+    env = read_env(env_file)
+    cfg = settings(args)
+    record: dict[str, Any] = {"state": str(state), **cfg}
+    try:
+        record["postgres"] = start_postgres(state, cfg["postgres_port"], env)
+        record["s3"] = start_s3(state, cfg["s3_port"], env, cfg["buckets"])
+        record["mlflow"] = start_mlflow(state, cfg, env)
+    except BaseException:
+        _stop(state, record)
+        raise
+    record["urls"] = {
+        "mlflow": f"http://127.0.0.1:{cfg['mlflow_port']}",
+        "s3": f"http://127.0.0.1:{cfg['s3_port']}",
+        "postgres": f"postgresql://127.0.0.1:{cfg['postgres_port']}/{env['POSTGRES_DB']}",
+    }
+    (state / "stack.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _stop(state: Path, record: dict[str, Any]) -> list[str]:
+    stopped = []
+    for name in ("mlflow", "s3"):
+        if record.get(name, {}).get("pid"):
+            _kill_group(record[name]["pid"])
+            stopped.append(name)
+    data = state / "pg"
+    if (data / "postmaster.pid").exists():
+        subprocess.run(_as_postgres([_pg("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                       capture_output=True)
+        stopped.append("postgres")
+    return stopped
+
+
+def down(args: argparse.Namespace) -> list[str]:
+    state = args.state.resolve()
+    record_file = state / "stack.json"
+    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    stopped = _stop(state, record)
+    record_file.unlink(missing_ok=True)
+    return stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--state", type=Path, default=ROOT / ".stack", help="state folder (gitignored)")
+    parser.add_argument("--env-file", type=Path, default=ROOT / ".env", help="secrets (made if missing)")
+    parser.add_argument("--postgres-port", type=int, default=5432)
+    parser.add_argument("--mlflow-port", type=int, help="default: from tracking.server_uri")
+    parser.add_argument("--s3-port", type=int, help="default: from storage.endpoint")
+    parser.add_argument("--auth", action="store_true",
+                        help="MLflow login (basic auth); always on in docker/compose.yaml")
+    args = parser.parse_args(argv)
+    if args.action == "up":
+        record = up(args)
+        print(f"stack: up in {record['mlflow']['seconds_to_healthy']} s (MLflow to healthy)")
+        for name, url in record["urls"].items():
+            print(f"  {name:9} {url}")
+    elif args.action == "down":
+        stopped = down(args)
+        print("stack: stopped " + (", ".join(stopped) or "nothing (it was not up)"))
+    else:
+        record_file = args.state.resolve() / "stack.json"
+        if not record_file.exists():
+            print("stack: down")
+            return 1
+        record = json.loads(record_file.read_text())
+        healthy = _http_ok(record["urls"]["mlflow"] + "/health")
+        print(f"stack: {'up' if healthy else 'degraded'}: " + ", ".join(record["urls"].values()))
+        return 0 if healthy else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
