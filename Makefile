@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 
 setup: $(VENV)/.ready
 
-$(VENV)/.ready: requirements/dev.lock pyproject.toml tools/setup-system.sh
+$(VENV)/.ready: requirements/dev.lock pyproject.toml tools/setup-system.sh tools/compose-schema.sh
 	bash tools/setup-system.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
@@ -24,6 +24,7 @@ $(VENV)/.ready: requirements/dev.lock pyproject.toml tools/setup-system.sh
 	# torch apart: pip takes the local CPU wheel (uv would fetch a multi-GB CUDA build).
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	bash tools/compose-schema.sh
 	touch $@
 
 demo: setup  ## generate the example project and reproduce it (the reference pipeline)

@@ -91,7 +91,7 @@ def main() -> None:
         env_facts = subprocess.run(
             [sys.executable, "-c",
              "import sys, time; sys.path.insert(0, 'src'); import importlib; "
-             f"p = importlib.import_module('digits_repro.provenance'); t = time.perf_counter(); "
+             "p = importlib.import_module('digits_repro.provenance'); t = time.perf_counter(); "
              "p.check_lock(); p.environment(); print(time.perf_counter() - t)"],
             cwd=project, env=ENV, check=True, capture_output=True, text=True).stdout
         pipelines[framework] = {

@@ -12,3 +12,5 @@ common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate
     -o templates/project/requirements.lock
 echo "locked: requirements/dev.lock ($(grep -c '==' requirements/dev.lock) pins)," \
      "templates/project/requirements.lock ($(grep -c '==' templates/project/requirements.lock) pins)"
+"$UV" pip compile "${common[@]}" -c requirements/dev.lock templates/project/docker/mlflow-requirements.in \
+    -o templates/project/docker/mlflow-requirements.lock

@@ -9,3 +9,15 @@ rule environment:
         "results/environment.json",
     shell:
         "python workflow/scripts/environment.py"
+
+
+rule image:
+    # The training container (docker/Dockerfile), built when a Docker engine is reachable.
+    input:
+        "docker/Dockerfile",
+        LOCKS,
+        "workflow/scripts/image.py",
+    output:
+        "results/image.json",
+    shell:
+        "python workflow/scripts/image.py"

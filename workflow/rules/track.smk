@@ -5,6 +5,7 @@ rule track:
         "results/history.json",
         "results/environment.json",
         "results/data.json",
+        "results/image.json",
         "models",
         "workflow/scripts/track.py",
         f"{PKG}/tracking.py",

@@ -15,6 +15,7 @@ secrets from .env.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -59,7 +60,7 @@ def write_env(path: Path, values: dict[str, str]) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write("# Secrets for the tracking and storage stack. Never commit this file.\n")
         handle.writelines(f"{key}={value}\n" for key, value in values.items())
-    os.chmod(path, 0o600)
+    path.chmod(0o600)
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -93,14 +94,23 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _wait(what: str, check, timeout: float, log: Path | None = None) -> float:
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        waited = 0
+    return waited == 0 and Path(f"/proc/{pid}").exists()
+
+
+def _wait(what: str, check, timeout: float, log: Path, pid: int) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if check():
             return time.monotonic() - start
+        if not _alive(pid):
+            raise StackError(f"stack: {what} exited while starting; its log ends:\n{log.read_text()[-1500:]}")
         time.sleep(0.1)
-    tail = log.read_text()[-1500:] if log and log.exists() else ""
-    raise StackError(f"stack: {what} was not healthy after {timeout:.0f} s\n{tail}")
+    raise StackError(f"stack: {what} was not healthy after {timeout:.0f} s\n{log.read_text()[-1500:]}")
 
 
 def _http_ok(url: str) -> bool:
@@ -139,8 +149,26 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def pg_home(state: Path) -> Path:
+    """Where PostgreSQL's files live: in the state folder, unless the postgres user cannot reach
+    it (a private parent folder); then in a folder of its own under the system's temp dir."""
+    if os.geteuid() != 0:
+        return state
+    probe = ["runuser", "-u", "postgres", "--", "test", "-x", str(state)]
+    if subprocess.run(probe).returncode == 0:
+        return state
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
+    home = Path(tempfile.gettempdir()) / f"reprostack-pg-{digest}"
+    home.mkdir(mode=0o755, exist_ok=True)
+    return home
+
+
 def start_postgres(state: Path, port: int, env: dict[str, str]) -> dict[str, Any]:
-    data, sockets = state / "pg", state / "pg-socket"
+    home = pg_home(state)
+    data, sockets = home / "pg", home / "pg-socket"
     if not _port_free(port):
         raise StackError(f"stack: port {port} for PostgreSQL is taken; pass --postgres-port")
     fresh = not (data / "PG_VERSION").exists()
@@ -150,16 +178,18 @@ def start_postgres(state: Path, port: int, env: dict[str, str]) -> dict[str, Any
             shutil.chown(folder, "postgres", "postgres")
     data.chmod(0o700)
     if fresh:
-        pwfile = state / "pg-superuser"
+        pwfile = home / "pg-superuser"
         superuser_password = secrets.token_urlsafe(24)
         pwfile.write_text(superuser_password + "\n")
         if os.geteuid() == 0:
             shutil.chown(pwfile, "postgres", "postgres")
         pwfile.chmod(0o600)
-        subprocess.run(_as_postgres([_pg("initdb"), "-D", str(data), "-U", "postgres",
-                                     "--auth=scram-sha-256", f"--pwfile={pwfile}"]),
-                       check=True, capture_output=True)
-    log = state / "postgres.log"
+        proc = subprocess.run(_as_postgres([_pg("initdb"), "-D", str(data), "-U", "postgres",
+                                            "--auth=scram-sha-256", f"--pwfile={pwfile}"]),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"stack: PostgreSQL's initdb failed in {data}: {proc.stderr.strip()}")
+    log = home / "postgres.log"
     log.touch()
     if os.geteuid() == 0:
         shutil.chown(log, "postgres", "postgres")
@@ -171,15 +201,15 @@ def start_postgres(state: Path, port: int, env: dict[str, str]) -> dict[str, Any
     if proc.returncode != 0:
         raise StackError(f"stack: PostgreSQL did not start: {proc.stderr.strip()}\n{log.read_text()[-800:]}")
     if fresh:
-        _create_role(state, port, env)
+        _create_role(home, port, env)
     _check_login(port, env)
     return {"data": str(data)}
 
 
-def _create_role(state: Path, port: int, env: dict[str, str]) -> None:
+def _create_role(home: Path, port: int, env: dict[str, str]) -> None:
     import psycopg2
 
-    superuser = (state / "pg-superuser").read_text().strip()
+    superuser = (home / "pg-superuser").read_text().strip()
     conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=superuser,
                             dbname="postgres")
     conn.autocommit = True
@@ -209,7 +239,7 @@ def start_s3(state: Path, port: int, env: dict[str, str], buckets: list[str]) ->
         raise StackError(f"stack: port {port} for the S3 server is taken (storage.endpoint)")
     log = state / "s3.log"
     pid = _spawn([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log)
-    _wait("the S3 server", lambda: _http_ok(f"http://127.0.0.1:{port}/moto-api/"), 30, log)
+    _wait("the S3 server", lambda: _http_ok(f"http://127.0.0.1:{port}/moto-api/"), 30, log, pid)
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
@@ -256,7 +286,7 @@ def start_mlflow(state: Path, cfg: dict[str, Any], env: dict[str, str]) -> dict[
     log = state / "mlflow.log"
     started = time.monotonic()
     pid = _spawn(cmd, log, server_env)
-    _wait("the MLflow server", lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 90, log)
+    _wait("the MLflow server", lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 90, log, pid)
     return {"pid": pid, "seconds_to_healthy": round(time.monotonic() - started, 2)}
 
 
@@ -301,10 +331,8 @@ def _kill_group(pid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _stop(state: Path, record: dict[str, Any]) -> list[str]:
@@ -313,7 +341,7 @@ def _stop(state: Path, record: dict[str, Any]) -> list[str]:
         if record.get(name, {}).get("pid"):
             _kill_group(record[name]["pid"])
             stopped.append(name)
-    data = state / "pg"
+    data = Path(record.get("postgres", {}).get("data") or pg_home(state) / "pg")
     if (data / "postmaster.pid").exists():
         subprocess.run(_as_postgres([_pg("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
                        capture_output=True)
@@ -331,7 +359,9 @@ def down(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--state", type=Path, default=ROOT / ".stack", help="state folder (gitignored)")
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env", help="secrets (made if missing)")

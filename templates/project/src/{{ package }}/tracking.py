@@ -52,7 +52,7 @@ def preflight(tracking: dict[str, Any]) -> None:
 
     base = tracking["server_uri"].rstrip("/")
     advice = ("start it (python workflow/scripts/stack.py up, or docker compose -f docker/compose.yaml "
-              "up -d) or set tracking.mode: local")
+              "up -d) or set tracking.mode: local")  # noqa: E501
     try:
         urllib.request.urlopen(f"{base}/health", timeout=5).close()
     except (urllib.error.URLError, OSError) as error:
@@ -122,6 +122,7 @@ def _datasets(root: Path, data_record: dict[str, Any]) -> list[tuple[Any, str]]:
 
 def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Log one run and return its ids (written to results/run.json)."""
+    preflight(config["tracking"])  # a clear error now, not MLflow's minutes of retries
     started = time.perf_counter()
     git = provenance.git_state(root)
     launcher = provenance.front_end()
@@ -139,6 +140,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     metrics = _read(results / "metrics.json")
     history = _read(results / "history.json")
     training = _read(root / "models" / "training.json")
+    image = _read(results / "image.json")
 
     tracking = config["tracking"]
     uri = tracking_uri(root, tracking)
@@ -168,6 +170,10 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "train.deterministic_algorithms": str(training.get("deterministic_algorithms", "n/a")),
         "train.cublas_workspace_config": str(training.get("cublas_workspace_config", "n/a")),
         "lock.sha256": environment["lock_sha256"] or "",
+        "image.status": image["status"],
+        "image.base": image.get("base_image") or "",
+        "image.id": image.get("id", ""),
+        "image.repo_digests": ",".join(image.get("repo_digests", [])),
         "provenance.seconds": f"{provenance_seconds:.3f}",
         **{f"version.{name}": version for name, version in versions.items()},
     }
@@ -204,6 +210,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         for path in (
             results / "environment.json",
             results / "data.json",
+            results / "image.json",
             results / "metrics.json",
             results / "history.json",
             root / "models" / "training.json",

@@ -1,0 +1,199 @@
+"""The real tracking and storage stack on loopback: PostgreSQL, an S3 server (moto) and the MLflow
+server with basic auth, started by the project's own workflow/scripts/stack.py. Real connections
+only: SQL on PostgreSQL, boto3 on the bucket, DVC push/pull over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import psycopg2
+import pytest
+from conftest import Project, generate, make_env
+from loopback import free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+                       reason="PostgreSQL server binaries missing (make setup installs them)"),
+]
+
+
+def secrets_of(project: Project) -> dict[str, str]:
+    lines = (project.path / ".env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def serve(project: Project, *extra: str) -> dict[str, int]:
+    ports = {"postgres": free_port(), "mlflow": free_port(), "s3": free_port()}
+    project.set_config("tracking.mode", "server")
+    project.set_config("tracking.server_uri", f"http://127.0.0.1:{ports['mlflow']}")
+    project.set_config("storage.mode", "s3")
+    project.set_config("storage.endpoint", f"http://127.0.0.1:{ports['s3']}")
+    project.run("git", "commit", "-qam", "Use the service stack")
+    up = project.run("python", "workflow/scripts/stack.py", "up", "--postgres-port",
+                     str(ports["postgres"]), *extra)
+    assert f"http://127.0.0.1:{ports['mlflow']}" in up.stdout
+    return ports
+
+
+def assert_nothing_left(project: Project, record: dict) -> None:
+    for name in ("mlflow", "s3"):
+        with pytest.raises(ProcessLookupError):
+            os.killpg(record[name]["pid"], 0)
+    assert not (Path(record["postgres"]["data"]) / "postmaster.pid").exists()
+
+
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, dict[str, int]]]:
+    tmp = tmp_path_factory.mktemp("services")
+    project = generate(tmp, "paper", make_env(tmp), "framework=sklearn")
+    ports = serve(project, "--auth")
+    record = json.loads((project.path / ".stack" / "stack.json").read_text())
+    try:
+        yield project, ports
+    finally:
+        down = project.run("python", "workflow/scripts/stack.py", "down")
+        assert "mlflow, s3, postgres" in down.stdout
+        assert_nothing_left(project, record)
+
+
+def s3_client(project: Project, port: int):
+    env = secrets_of(project)
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def keys(project: Project, port: int, bucket: str) -> list[str]:
+    pages = s3_client(project, port).get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_run_lands_in_postgres_and_the_bucket(stacked: tuple[Project, dict[str, int]]) -> None:
+    project, ports = stacked
+    project.snakemake()
+    run_id = project.json("results/run.json")["run_id"]
+    assert project.json("results/run.json")["tracking_uri"] == f"http://127.0.0.1:{ports['mlflow']}"
+    env = secrets_of(project)
+    with psycopg2.connect(host="127.0.0.1", port=ports["postgres"], user=env["POSTGRES_USER"],
+                          password=env["POSTGRES_PASSWORD"], dbname=env["POSTGRES_DB"]) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,))
+            assert cur.fetchall() == [("FINISHED",)]
+            cur.execute("SELECT value FROM tags WHERE run_uuid = %s AND key = 'git.commit'", (run_id,))
+            head = project.run("git", "rev-parse", "HEAD").stdout.strip()
+            assert cur.fetchall() == [(head,)]
+            cur.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = %s", (run_id,))
+            assert dict(cur.fetchall())["accuracy"] == project.json("results/metrics.json")["accuracy"]
+    objects = keys(project, ports["s3"], "mlflow")
+    for name in ("provenance/git.diff", "provenance/pip-freeze.txt", "provenance/environment.json",
+                 "reproduction/report.md"):
+        assert any(key.endswith(f"{run_id}/artifacts/{name}") for key in objects), name
+    assert any(re.search(r"models/m-\w+/artifacts/MLmodel$", key) for key in objects)
+    assert not (project.path / "mlruns.db").exists(), "server mode keeps nothing locally"
+
+    # DVC: push, lose the local cache and workspace copies, pull back identical data.
+    project.run("python", "workflow/scripts/push.py")
+    assert keys(project, ports["s3"], "dvc")
+    before = {p: hashlib.sha256((project.path / p).read_bytes()).hexdigest()
+              for p in ("data/raw/digits.csv", "data/prepared/x_train.npy", "models/model.joblib")}
+    for folder in (".dvc/cache", "data/raw", "data/prepared", "models"):
+        shutil.rmtree(project.path / folder)
+    project.run("python", "workflow/scripts/pull.py")
+    after = {p: hashlib.sha256((project.path / p).read_bytes()).hexdigest() for p in before}
+    assert after == before
+    assert "up to date" in project.dvc("status").stdout
+
+
+def test_s3_down_at_push_keeps_data_and_a_later_push_succeeds(
+    stacked: tuple[Project, dict[str, int]]
+) -> None:
+    project, ports = stacked
+    project.set_config("seed", 7)  # new split and model: objects the remote does not have yet
+    project.snakemake()
+    pending = set(keys(project, ports["s3"], "dvc"))
+    project.set_config("storage.endpoint", f"http://127.0.0.1:{free_port()}")
+    failed = project.run("python", "workflow/scripts/push.py", check=False)
+    assert failed.returncode != 0
+    assert "unreachable" in failed.stderr and "local DVC cache" in failed.stderr
+    assert any((project.path / ".dvc" / "cache").rglob("*"))
+    project.set_config("storage.endpoint", f"http://127.0.0.1:{ports['s3']}")
+    project.run("python", "workflow/scripts/push.py")
+    assert set(keys(project, ports["s3"], "dvc")) > pending
+
+
+def test_tracking_server_down_fails_before_training(tmp_path: Path, env: dict[str, str]) -> None:
+    project = generate(tmp_path, "p", env, "framework=sklearn")
+    dead = free_port()
+    project.set_config("tracking.mode", "server")
+    project.set_config("tracking.server_uri", f"http://127.0.0.1:{dead}")
+    failed = project.snakemake(check=False)
+    assert failed.returncode != 0
+    assert f"the MLflow server at http://127.0.0.1:{dead} is unreachable" in failed.stderr
+    assert "Nothing was trained" in failed.stderr
+    assert not (project.path / "results" / "history.json").exists()
+
+
+def test_wrong_mlflow_password_is_named(stacked: tuple[Project, dict[str, int]]) -> None:
+    project, _ = stacked
+    wrong = Project(project.path, {**project.env, "MLFLOW_TRACKING_PASSWORD": "not-the-password"})
+    wrong.set_config("train.epochs", 3)
+    failed = wrong.snakemake(check=False)
+    assert failed.returncode != 0
+    assert "rejected the credentials of user 'admin'" in failed.stderr
+    assert "MLFLOW_TRACKING_PASSWORD" in failed.stderr and "not-the-password" not in failed.stderr
+
+
+def test_wrong_postgres_password_is_named(tmp_path: Path, env: dict[str, str]) -> None:
+    project = generate(tmp_path, "p", env, "framework=sklearn")
+    serve(project)
+    project.run("python", "workflow/scripts/stack.py", "down")
+    env_file = project.path / ".env"
+    env_file.write_text(re.sub(r"^POSTGRES_PASSWORD=.*$", "POSTGRES_PASSWORD=changed-after-init",
+                               env_file.read_text(), flags=re.M))
+    failed = project.run("python", "workflow/scripts/stack.py", "up", "--postgres-port",
+                         str(free_port()), check=False)
+    assert failed.returncode != 0
+    assert "PostgreSQL" in failed.stderr and "rejected the password for user 'mlflow'" in failed.stderr
+    assert "changed-after-init" not in failed.stderr
+    leftovers = subprocess.run(["pgrep", "-f", str(project.path)], capture_output=True, text=True)
+    assert leftovers.stdout == "", "nothing left running"
+
+
+def test_no_secret_reaches_git_logs_mlflow_or_the_bucket(stacked: tuple[Project, dict[str, int]]) -> None:
+    project, ports = stacked
+    values = [v for k, v in secrets_of(project).items() if len(v) >= 16]
+    assert len(values) >= 4
+    haystacks: dict[str, bytes] = {}
+    for path in project.path.rglob("*"):
+        rel = path.relative_to(project.path).as_posix()
+        if path.is_file() and rel not in (".env", ".dvc/config.local") and not rel.startswith(
+            (".git/", ".dvc/cache/", ".stack/pg/")
+        ):
+            haystacks[rel] = path.read_bytes()
+    haystacks["git history"] = subprocess.run(
+        ["git", "log", "-p", "--all"], cwd=project.path, capture_output=True, check=True
+    ).stdout
+    env = secrets_of(project)
+    with psycopg2.connect(host="127.0.0.1", port=ports["postgres"], user=env["POSTGRES_USER"],
+                          password=env["POSTGRES_PASSWORD"], dbname=env["POSTGRES_DB"]) as conn:
+        with conn.cursor() as cur:
+            for table in ("params", "tags", "runs", "experiments", "inputs", "datasets"):
+                cur.execute(f"SELECT * FROM {table}")
+                haystacks[f"postgres {table}"] = repr(cur.fetchall()).encode()
+    client = s3_client(project, ports["s3"])
+    for bucket in ("mlflow", "dvc"):
+        for key in keys(project, ports["s3"], bucket):
+            haystacks[f"s3://{bucket}/{key}"] = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert any(name.startswith(".stack/") and name.endswith(".log") for name in haystacks)
+    assert any(name.startswith(".snakemake/log/") for name in haystacks)
+    leaks = [name for name, blob in haystacks.items() for v in values if v.encode() in blob]
+    assert leaks == []
