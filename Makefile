@@ -40,7 +40,8 @@ lint: setup
 	$(BIN)/ruff check generator tests tools bench workflow
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --repeat 5
+	$(BIN)/python bench/services.py --sizes 100,1000
 
 lock:
 	bash tools/lock.sh
