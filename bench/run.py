@@ -26,8 +26,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-       "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1"}
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "DO_NOT_TRACK": "1",
+}
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
@@ -46,8 +51,14 @@ def median_of(repeat: int, make_cmd, cwd: Path, fresh: Path | None = None) -> li
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"
 
 
@@ -64,19 +75,49 @@ def main() -> None:
     # Interleaved, so both see the same machine state.
     ours, baseline, full = [], [], []
     for i in range(args.repeat):
-        baseline.append(timed([str(BIN / "copier"), "copy", "--defaults", "--quiet", "--vcs-ref", "HEAD",
-                               str(ROOT), str(work / f"copier-{i}")], work))
+        baseline.append(
+            timed(
+                [
+                    str(BIN / "copier"),
+                    "copy",
+                    "--defaults",
+                    "--quiet",
+                    "--vcs-ref",
+                    "HEAD",
+                    str(ROOT),
+                    str(work / f"copier-{i}"),
+                ],
+                work,
+            )
+        )
         ours.append(timed([sys.executable, "-c", render, str(work / f"render-{i}")], work))
-        full.append(timed([sys.executable, "-m", "reprostack.cli", "new", "--defaults",
-                           str(work / f"new-{i}")], work))
-    results["render"] = {"reprostack_render_s": ours, "copier_copy_s": baseline,
-                         "reprostack_new_with_git_dvc_s": full}
+        full.append(
+            timed([sys.executable, "-m", "reprostack.cli", "new", "--defaults", str(work / f"new-{i}")], work)
+        )
+    results["render"] = {
+        "reprostack_render_s": ours,
+        "copier_copy_s": baseline,
+        "reprostack_new_with_git_dvc_s": full,
+    }
 
     pipelines = {}
     for framework in ("pytorch", "sklearn"):
         project = work / f"pipe-{framework}"
-        subprocess.run([sys.executable, "-m", "reprostack.cli", "new", "--defaults", "--data",
-                        f"framework={framework}", str(project)], env=ENV, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reprostack.cli",
+                "new",
+                "--defaults",
+                "--data",
+                f"framework={framework}",
+                str(project),
+            ],
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
         clone = work / f"pipe-{framework}-dvc"
         shutil.copytree(project, clone, symlinks=True)
         full_smk = timed(["snakemake", "--cores", "all"], project)
@@ -86,18 +127,30 @@ def main() -> None:
         prov = []
         for db_path in (project / "mlruns.db", clone / "mlruns.db"):
             with sqlite3.connect(db_path) as db:
-                prov += [float(v) for (v,) in db.execute(
-                    "SELECT value FROM tags WHERE key = 'provenance.seconds'")]
+                prov += [
+                    float(v) for (v,) in db.execute("SELECT value FROM tags WHERE key = 'provenance.seconds'")
+                ]
         env_facts = subprocess.run(
-            [sys.executable, "-c",
-             "import sys, time; sys.path.insert(0, 'src'); import importlib; "
-             "p = importlib.import_module('digits_repro.provenance'); t = time.perf_counter(); "
-             "p.check_lock(); p.environment(); print(time.perf_counter() - t)"],
-            cwd=project, env=ENV, check=True, capture_output=True, text=True).stdout
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; sys.path.insert(0, 'src'); import importlib; "
+                "p = importlib.import_module('digits_repro.provenance'); t = time.perf_counter(); "
+                "p.check_lock(); p.environment(); print(time.perf_counter() - t)",
+            ],
+            cwd=project,
+            env=ENV,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         pipelines[framework] = {
-            "full_run_snakemake_s": full_smk, "full_run_dvc_s": full_dvc,
-            "noop_snakemake_s": noop_smk, "noop_dvc_s": noop_dvc,
-            "provenance_capture_s": prov, "environment_facts_s": float(env_facts),
+            "full_run_snakemake_s": full_smk,
+            "full_run_dvc_s": full_dvc,
+            "noop_snakemake_s": noop_smk,
+            "noop_dvc_s": noop_dvc,
+            "provenance_capture_s": prov,
+            "environment_facts_s": float(env_facts),
         }
     results["pipeline"] = pipelines
     out = ROOT / "bench" / "results"
@@ -109,15 +162,25 @@ def main() -> None:
     r = results["render"]
     print(f"Machine: {results['machine']}\n")
     print("| measure | median (s) | runs |\n| --- | --- | --- |")
-    print(f"| `copier copy --defaults` of this template (baseline) | {med(r['copier_copy_s']):.2f} | {args.repeat} |")
+    print(
+        f"| `copier copy --defaults` of this template (baseline) | {med(r['copier_copy_s']):.2f} | {args.repeat} |"
+    )
     print(f"| reprostack render (same template) | {med(r['reprostack_render_s']):.2f} | {args.repeat} |")
-    print(f"| `reprostack new --defaults` (render + dvc init + git commit) | {med(r['reprostack_new_with_git_dvc_s']):.2f} | {args.repeat} |")
+    print(
+        f"| `reprostack new --defaults` (render + dvc init + git commit) | {med(r['reprostack_new_with_git_dvc_s']):.2f} | {args.repeat} |"
+    )
     for framework, p in pipelines.items():
-        print(f"| {framework}: full pipeline, `snakemake --cores all` | {p['full_run_snakemake_s']:.1f} | 1 |")
+        print(
+            f"| {framework}: full pipeline, `snakemake --cores all` | {p['full_run_snakemake_s']:.1f} | 1 |"
+        )
         print(f"| {framework}: full pipeline, `dvc repro` | {p['full_run_dvc_s']:.1f} | 1 |")
-        print(f"| {framework}: no-op rerun, `snakemake --cores all` | {med(p['noop_snakemake_s']):.2f} | {args.repeat} |")
+        print(
+            f"| {framework}: no-op rerun, `snakemake --cores all` | {med(p['noop_snakemake_s']):.2f} | {args.repeat} |"
+        )
         print(f"| {framework}: no-op rerun, `dvc repro` | {med(p['noop_dvc_s']):.2f} | {args.repeat} |")
-        print(f"| {framework}: provenance capture in track (max of runs) | {max(p['provenance_capture_s']):.2f} | {len(p['provenance_capture_s'])} |")
+        print(
+            f"| {framework}: provenance capture in track (max of runs) | {max(p['provenance_capture_s']):.2f} | {len(p['provenance_capture_s'])} |"
+        )
         print(f"| {framework}: environment facts + lock check | {p['environment_facts_s']:.2f} | 1 |")
 
 

@@ -28,8 +28,12 @@ sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 import stack  # noqa: E402
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-       "MLFLOW_ENABLE_TELEMETRY": "false"}
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+}
 
 
 def group_rss_mb(pgid: int) -> float:
@@ -46,18 +50,30 @@ def group_rss_mb(pgid: int) -> float:
 
 def mlflow_start(backend: str, s3_port: int, env: dict[str, str], generated: bool) -> dict[str, float]:
     port = _free()
-    server_env = {**ENV, "MLFLOW_BACKEND_STORE_URI": backend,
-                  "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-                  "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-                  "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
-    cmd = [str(BIN / "mlflow"), "server", "--artifacts-destination", "s3://mlflow/bench",
-           "--host", "127.0.0.1", "--port", str(port)]
+    server_env = {
+        **ENV,
+        "MLFLOW_BACKEND_STORE_URI": backend,
+        "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+        "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+    }
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--artifacts-destination",
+        "s3://mlflow/bench",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if generated:
         cmd += ["--workers", "1"]
         server_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
@@ -93,11 +109,17 @@ def transfer(work: Path, s3_port: int, env: dict[str, str], size_mb: int) -> dic
 
     repo = work / f"dvc-{size_mb}"
     repo.mkdir()
-    run_env = {**ENV, "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-               "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
-                ["dvc", "remote", "add", "-d", "s3", f"s3://dvc/bench-{size_mb}"],
-                ["dvc", "remote", "modify", "s3", "endpointurl", f"http://127.0.0.1:{s3_port}"]):
+    run_env = {
+        **ENV,
+        "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+    }
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "remote", "add", "-d", "s3", f"s3://dvc/bench-{size_mb}"],
+        ["dvc", "remote", "modify", "s3", "endpointurl", f"http://127.0.0.1:{s3_port}"],
+    ):
         subprocess.run(cmd, cwd=repo, env=run_env, check=True, capture_output=True)
     data = repo / "blob.bin"
     with data.open("wb") as handle:
@@ -108,9 +130,13 @@ def transfer(work: Path, s3_port: int, env: dict[str, str], size_mb: int) -> dic
     shutil.rmtree(repo / ".dvc" / "cache")
     data.unlink()
     pull = timed(["dvc", "pull"], repo, run_env)
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1",
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{s3_port}",
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
     start = time.perf_counter()
     s3.upload_file(str(data), "dvc", f"boto3-{size_mb}/blob.bin")
     upload = time.perf_counter() - start
@@ -119,9 +145,14 @@ def transfer(work: Path, s3_port: int, env: dict[str, str], size_mb: int) -> dic
     download = time.perf_counter() - start
     shutil.rmtree(repo)
     (work / f"down-{size_mb}.bin").unlink()
-    return {"dvc_push_s": round(push, 2), "boto3_upload_s": round(upload, 2),
-            "dvc_pull_s": round(pull, 2), "boto3_download_s": round(download, 2),
-            "push_ratio": round(upload / push, 2), "pull_ratio": round(download / pull, 2)}
+    return {
+        "dvc_push_s": round(push, 2),
+        "boto3_upload_s": round(upload, 2),
+        "dvc_pull_s": round(pull, 2),
+        "boto3_download_s": round(download, 2),
+        "push_ratio": round(upload / push, 2),
+        "pull_ratio": round(download / pull, 2),
+    }
 
 
 def main() -> None:
@@ -130,12 +161,21 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="reprostack-bench-services-"))
     work.chmod(0o755)
-    ns = argparse.Namespace(state=work / "state", env_file=work / ".env", postgres_port=_free(),
-                            mlflow_port=_free(), s3_port=_free(), auth=False, action="up")
+    ns = argparse.Namespace(
+        state=work / "state",
+        env_file=work / ".env",
+        postgres_port=_free(),
+        mlflow_port=_free(),
+        s3_port=_free(),
+        auth=False,
+        action="up",
+    )
     record = stack.up(ns)
     env = stack.read_env(ns.env_file)
-    backend = (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@127.0.0.1:"
-               f"{ns.postgres_port}/{env['POSTGRES_DB']}")
+    backend = (
+        f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@127.0.0.1:"
+        f"{ns.postgres_port}/{env['POSTGRES_DB']}"
+    )
     results: dict[str, object] = {}
     try:
         results["mlflow"] = {
@@ -143,8 +183,9 @@ def main() -> None:
             "defaults": mlflow_start(backend, ns.s3_port, env, generated=False),
             "stack_up_seconds_to_healthy": record["mlflow"]["seconds_to_healthy"],
         }
-        results["transfer"] = {size: transfer(work, ns.s3_port, env, int(size))
-                               for size in args.sizes.split(",")}
+        results["transfer"] = {
+            size: transfer(work, ns.s3_port, env, int(size)) for size in args.sizes.split(",")
+        }
     finally:
         stack.down(ns)
         shutil.rmtree(work, ignore_errors=True)
@@ -158,8 +199,10 @@ def main() -> None:
     print("\n| size | dvc push (s) | boto3 upload (s) | ratio | dvc pull (s) | boto3 download (s) | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for size, t in results["transfer"].items():
-        print(f"| {size} MB | {t['dvc_push_s']} | {t['boto3_upload_s']} | {t['push_ratio']} | "
-              f"{t['dvc_pull_s']} | {t['boto3_download_s']} | {t['pull_ratio']} |")
+        print(
+            f"| {size} MB | {t['dvc_push_s']} | {t['boto3_upload_s']} | {t['push_ratio']} | "
+            f"{t['dvc_pull_s']} | {t['boto3_download_s']} | {t['pull_ratio']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from conftest import Project, generate, run, table_csv
 from loopback import FakeHub, git_daemon, hf_hub, https_files, self_signed_cert
 
 pytestmark = pytest.mark.slow
-STAGES = {"environment", "data", "prepare", "train", "evaluate", "track", "verify"}
+STAGES = {"environment", "image", "data", "prepare", "train", "evaluate", "track", "verify"}
 
 
 def planned(project: Project) -> set[str]:

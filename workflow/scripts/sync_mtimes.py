@@ -75,6 +75,17 @@ def sync(root: Path = ROOT) -> dict[str, str]:
     return outcome
 
 
+def commit_complete_stages(root: Path = ROOT) -> list[str]:
+    """`dvc commit` the stages whose outputs all exist (after a partial run, or one that ran only
+    the Chameleon rules, the others are left as they are)."""
+    import subprocess
+
+    done = [name for name, outs in stage_outputs(root / "dvc.yaml") if all((root / o).exists() for o in outs)]
+    if done:
+        subprocess.run(["dvc", "commit", "--force", "--quiet", *done], cwd=root, check=True)
+    return done
+
+
 if __name__ == "__main__":
     for stage, state in sync().items():
         print(f"sync_mtimes: {stage}: {state}", file=sys.stderr)

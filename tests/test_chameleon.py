@@ -1,0 +1,149 @@
+"""Provisioning against a fake Chameleon on loopback: the real python-chi talks HTTP to Keystone,
+Blazar, Nova, Neutron and Glance fakes (tests/fake_chameleon.py); the rules run as Snakemake
+processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Project, generate
+from fake_chameleon import FakeChameleon
+
+pytestmark = pytest.mark.slow
+KEY = "paper-key"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeChameleon]:
+    with FakeChameleon(
+        password="right-password", capacity={"gpu_rtx_6000": 1, "compute_skylake": 2}
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def project(tmp_path: Path, env: dict[str, str], fake: FakeChameleon) -> Project:
+    fake.reset()
+    fake.add_keypair(KEY)
+    env = {k: v for k, v in env.items() if not k.startswith("OS_")}
+    env.update(fake.os_env(), NO_PROXY="127.0.0.1,localhost", REPROSTACK_RUNNER="local")
+    project = generate(tmp_path, "paper", env, "framework=sklearn", "chameleon_site=CHI@UC")
+    project.set_config("chameleon.key_name", KEY)
+    project.set_config("chameleon.poll_seconds", 0.2)
+    return project
+
+
+def state(project: Project) -> dict:
+    path = project.path / ".chameleon" / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> None:
+    plan = project.snakemake("-c1", "plan").stdout
+    assert "1 x gpu_rtx_6000 bare-metal node(s) + 1 floating IP" in plan and "CHI@UC" in plan
+    dry = project.run("snakemake", "-c1", "provision", "-n")
+    assert dry.returncode == 0 and fake.leases() == []
+
+    first = project.run("snakemake", "-c1", "provision")
+    assert "chameleon: ready: ssh cc@" in first.stdout
+    created = state(project)
+    assert set(created) >= {"lease_id", "server_id", "floating_ip", "site"}
+    assert [lease["id"] for lease in fake.leases()] == [created["lease_id"]]
+    assert [server["id"] for server in fake.servers()] == [created["server_id"]]
+    assert [s["image_name"] if "image_name" in s else s.get("image", {}).get("id") for s in fake.servers()]
+    assert project.run("git", "check-ignore", ".chameleon/state.json").returncode == 0
+
+    again = project.run("snakemake", "-c1", "provision")
+    assert "reusing lease" in again.stdout and "reusing server" in again.stdout
+    assert state(project) == created
+    assert len(fake.leases()) == 1 and len(fake.servers()) == 1
+
+    down = project.run("snakemake", "-c1", "teardown")
+    for what in (
+        f"deleted server {created['server_id']}",
+        f"released floating IP {created['floating_ip']}",
+        f"deleted lease {created['lease_id']}",
+    ):
+        assert what in down.stdout
+    assert fake.is_empty(), (fake.leases(), fake.servers(), fake.floating_ips())
+    assert state(project) == {}
+    twice = project.run("snakemake", "-c1", "teardown")
+    assert "nothing to tear down" in twice.stdout
+
+
+def test_teardown_deletes_only_what_the_state_names(project: Project, fake: FakeChameleon) -> None:
+    import os
+
+    import chi.context
+    import chi.lease
+
+    saved = dict(os.environ)
+    try:
+        os.environ.update({k: v for k, v in project.env.items() if k.startswith("OS_")})
+        chi.context.reset()
+        other = chi.lease.Lease("someone-elses-lease", duration=__import__("datetime").timedelta(hours=1))
+        other.add_node_reservation(amount=1, node_type="compute_skylake")
+        other.submit(wait_for_active=False, show=None, idempotent=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        chi.context.reset()
+    project.run("snakemake", "-c1", "provision")
+    project.run("snakemake", "-c1", "teardown")
+    assert [lease["name"] for lease in fake.leases()] == ["someone-elses-lease"]
+
+
+def test_no_capacity_is_named(project: Project, fake: FakeChameleon) -> None:
+    project.set_config("chameleon.count", 2)
+    failed = project.run("snakemake", "-c1", "provision", check=False)
+    assert failed.returncode != 0
+    assert "no capacity" in failed.stderr and "gpu_rtx_6000" in failed.stderr and "CHI@UC" in failed.stderr
+    assert fake.leases() == []
+
+
+def test_missing_and_wrong_credentials(project: Project, fake: FakeChameleon) -> None:
+    missing = Project(project.path, {k: v for k, v in project.env.items() if k != "OS_PASSWORD"})
+    failed = missing.run("snakemake", "-c1", "provision", check=False)
+    assert failed.returncode != 0 and "credentials missing: OS_PASSWORD" in failed.stderr
+    wrong = Project(project.path, {**project.env, "OS_PASSWORD": "wrong-password"})
+    failed = wrong.run("snakemake", "-c1", "provision", check=False)
+    assert failed.returncode != 0 and "rejected the credentials" in failed.stderr
+    assert "wrong-password" not in failed.stderr + failed.stdout
+    assert fake.leases() == [] and not (project.path / ".chameleon" / "state.json").exists()
+
+
+def test_timeout_says_how_long_and_error_is_not_reused(project: Project, fake: FakeChameleon) -> None:
+    fake.lease_final_status = None  # never becomes ACTIVE
+    project.set_config("chameleon.lease_timeout_minutes", 0.02)
+    failed = project.run("snakemake", "-c1", "provision", check=False)
+    assert failed.returncode != 0
+    assert "after waiting 1 s" in failed.stderr and "run teardown" in failed.stderr
+    assert state(project)["lease_id"] == fake.leases()[0]["id"], "recorded, so teardown can delete it"
+    project.run("snakemake", "-c1", "teardown")
+    assert fake.is_empty()
+
+    fake.lease_final_status = "ERROR"
+    failed = project.run("snakemake", "-c1", "provision", check=False)
+    assert "is in ERROR; it will not be reused" in failed.stderr
+    again = project.run("snakemake", "-c1", "provision", check=False)
+    assert "is in ERROR; it will not be reused" in again.stderr
+    assert len(fake.leases()) == 1, "a lease in ERROR is reported, and no second one is made"
+    fake.lease_final_status = "ACTIVE"
+    project.run("snakemake", "-c1", "teardown")
+
+
+def test_unknown_node_type_lists_the_known_ones(project: Project) -> None:
+    project.set_config("chameleon.node_type", "gpu_v100_imaginary")
+    failed = project.run("snakemake", "-c1", "plan", check=False)
+    assert failed.returncode != 0
+    assert "chameleon.node_type: 'gpu_v100_imaginary' is not a known node type at CHI@UC" in failed.stderr
+    assert "gpu_rtx_6000" in failed.stderr
+
+
+def test_trovi_json(project: Project) -> None:
+    trovi = json.loads((project.path / "trovi.json").read_text())
+    assert trovi["name"] == "digits-repro" and trovi["actionApplication"]["trovi_type"] == "jupyterhub"
+    assert trovi["author"][0]["name"] and "reproducibility" in trovi["keywords"]

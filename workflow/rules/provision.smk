@@ -1,0 +1,25 @@
+# Chameleon Cloud: reserve, launch, and always tear down. These rules act on the testbed, not on
+# files, so they have no outputs, run only when named, and are not DVC stages (DVC versions data;
+# it does not schedule infrastructure). What they create is recorded in .chameleon/state.json.
+#   snakemake -c1 plan            what would be reserved, where and for how long
+#   snakemake -c1 provision -n    Snakemake's dry run: nothing is contacted
+#   snakemake -c1 provision       lease + server + floating IP, waits for SSH; a rerun reuses them
+#   snakemake -c1 teardown        deletes exactly what the state file names; safe to run twice
+
+
+rule plan:
+    localrule: True
+    shell:
+        "python workflow/scripts/chameleon.py plan"
+
+
+rule provision:
+    localrule: True
+    shell:
+        "python workflow/scripts/chameleon.py provision"
+
+
+rule teardown:
+    localrule: True
+    shell:
+        "python workflow/scripts/chameleon.py teardown"
