@@ -147,3 +147,53 @@ def test_trovi_json(project: Project) -> None:
     trovi = json.loads((project.path / "trovi.json").read_text())
     assert trovi["name"] == "digits-repro" and trovi["actionApplication"]["trovi_type"] == "jupyterhub"
     assert trovi["author"][0]["name"] and "reproducibility" in trovi["keywords"]
+
+
+def test_configure_run_and_collect_through_the_command_runner(
+    project: Project, fake: FakeChameleon, tmp_path: Path
+) -> None:
+    """The SSH steps against a local shell standing in for the node; `docker` there is a stub
+    that runs the compose commands' effect (the training container runs the pipeline)."""
+    node = tmp_path / "node"
+    stub = tmp_path / "stub-bin"
+    stub.mkdir()
+    (stub / "docker").write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "docker $*" >> "$HOME/../docker-calls.log"\n'
+        'case "$*" in *"--profile train run"*) exec snakemake --cores all ;; *) exit 0 ;; esac\n'
+    )
+    (stub / "docker").chmod(0o755)
+    project.set_config("chameleon.node_type", "compute_skylake")
+    project.run("git", "commit", "-qam", "CPU node")
+    env = {**project.env, "REPROSTACK_NODE_ROOT": str(node), "HOME": str(node),
+           "PATH": f"{stub}:{project.env['PATH']}"}
+    remote = Project(project.path, env)
+    remote.run("snakemake", "-c1", "provision")
+
+    configured = remote.run("snakemake", "-c1", "configure")
+    head = remote.run("git", "rev-parse", "HEAD").stdout.strip()
+    assert remote.run("git", "-C", str(node / "project"), "rev-parse", "HEAD").stdout.strip() == head
+    env_file = node / "project" / ".env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert env_file.read_text() == (project.path / ".env").read_text()
+    secrets = [line.split("=", 1)[1] for line in env_file.read_text().splitlines() if "=" in line]
+    for secret in secrets:
+        assert secret not in configured.stdout + configured.stderr
+    calls = (tmp_path / "docker-calls.log").read_text()
+    assert "compose -f docker/compose.yaml up -d --wait" in calls
+
+    ran = remote.run("snakemake", "-c1", "remote_run")
+    assert "steps (100%) done" in ran.stdout + ran.stderr  # the node's pipeline output streamed here
+    assert "--profile train run --rm train" in (tmp_path / "docker-calls.log").read_text()
+
+    collected = remote.run("snakemake", "-c1", "collect")
+    node_run = json.loads((node / "project" / "results" / "run.json").read_text())
+    assert f"MLflow run {node_run['run_id']}" in collected.stdout
+    assert json.loads((project.path / "results" / "metrics.json").read_text()) == json.loads(
+        (node / "project" / "results" / "metrics.json").read_text()
+    )
+    assert (project.path / "models" / "model.joblib").exists()
+    status = remote.run("dvc", "status").stdout
+    assert "train" not in status and "evaluate" not in status
+    remote.run("snakemake", "-c1", "teardown")
+    assert fake.is_empty()

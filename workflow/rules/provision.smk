@@ -23,3 +23,24 @@ rule teardown:
     localrule: True
     shell:
         "python workflow/scripts/chameleon.py teardown"
+
+
+rule configure:
+    # Over SSH: Docker and the GPU runtime, the repository at this commit, .env, the service stack.
+    localrule: True
+    shell:
+        "python workflow/scripts/remote.py configure"
+
+
+rule remote_run:
+    # The pipeline on the node, inside the training container; output streams back.
+    localrule: True
+    shell:
+        "python workflow/scripts/remote.py remote_run"
+
+
+rule collect:
+    # Metrics, DVC-tracked outputs (then `dvc commit` here) and the MLflow run id, back from the node.
+    localrule: True
+    shell:
+        "python workflow/scripts/remote.py collect"

@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 # Not pipeline steps: the default target, and the Chameleon rules, which act on the testbed.
-SKIP_RULES = {"all", "plan", "provision", "teardown"}
+SKIP_RULES = {"all", "plan", "provision", "configure", "remote_run", "collect", "teardown"}
 
 
 def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:

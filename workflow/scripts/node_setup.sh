@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs on the Chameleon node (Ubuntu 24.04, user cc): Docker with the compose plugin and, for GPUs,
+# the container runtime. Idempotent: what is already there is left alone. Usage: node_setup.sh nvidia|amd|cpu
+set -euo pipefail
+accelerator=${1:?accelerator: nvidia, amd or cpu}
+if ! command -v docker >/dev/null 2>&1; then
+    sudo apt-get update -q
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose-v2
+    sudo usermod -aG docker "$USER"
+fi
+case "$accelerator" in
+    nvidia)
+        if ! command -v nvidia-ctk >/dev/null 2>&1; then
+            # NVIDIA's signed apt repository for the container toolkit (the CUDA image has the driver).
+            curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey \
+                | sudo gpg --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
+            curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list \
+                | sed 's#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] https://#' \
+                | sudo tee /etc/apt/sources.list.d/nvidia-container-toolkit.list >/dev/null
+            sudo apt-get update -q && sudo apt-get install -y -q nvidia-container-toolkit
+            sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker
+        fi ;;
+    amd)
+        # The ROCm image has the driver; containers need the render and video groups.
+        sudo usermod -aG render,video "$USER" ;;
+    cpu) ;;
+    *) echo "node_setup: accelerator '$accelerator' is not known; accepted: nvidia, amd, cpu" >&2; exit 2 ;;
+esac
+echo "node_setup: docker $(docker --version 2>/dev/null | cut -d' ' -f3 | tr -d ,) ready for $accelerator"
