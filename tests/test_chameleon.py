@@ -197,3 +197,12 @@ def test_configure_run_and_collect_through_the_command_runner(
     assert "train" not in status and "evaluate" not in status
     remote.run("snakemake", "-c1", "teardown")
     assert fake.is_empty()
+
+
+def test_kvm_is_refused_clearly(project: Project, fake: FakeChameleon) -> None:
+    project.set_config("chameleon.site", "KVM@TACC")
+    project.set_config("chameleon.node_type", "m1.large")
+    assert "1 x flavor m1.large" in project.run("snakemake", "-c1", "plan").stdout
+    failed = project.run("snakemake", "-c1", "provision", check=False)
+    assert failed.returncode != 0 and "KVM@TACC provisioning is not supported yet" in failed.stderr
+    assert fake.leases() == []

@@ -93,7 +93,11 @@ def load_openrc(path: Path) -> None:
 def check_credentials(cham: dict[str, Any]) -> None:
     """Name every missing OS_* variable before anything is asked of the testbed."""
     if cham.get("openrc"):
-        load_openrc((ROOT / cham["openrc"]).expanduser())
+        openrc = Path(cham["openrc"]).expanduser()
+        openrc = openrc if openrc.is_absolute() else ROOT / openrc
+        if not openrc.is_file():
+            raise ChameleonError(f"chameleon.openrc: '{cham['openrc']}' is not a file")
+        load_openrc(openrc)
     missing = [name for name in ("OS_AUTH_URL",) if not os.environ.get(name)]
     if not (os.environ.get("OS_PROJECT_ID") or os.environ.get("OS_PROJECT_NAME")):
         missing.append("OS_PROJECT_ID (or OS_PROJECT_NAME)")
@@ -193,11 +197,8 @@ def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> A
     else:
         name = f"{project}-{secrets.token_hex(3)}"
         lease = chi.lease.Lease(name, duration=timedelta(hours=cham["duration_hours"]))
-        if cham["kind"] == "kvm":
-            lease.add_flavor_reservation(id=cham["node_type"], amount=cham["count"])
-        else:
-            lease.add_node_reservation(amount=cham["count"], node_type=cham["node_type"])
-            lease.add_fip_reservation(amount=1)
+        lease.add_node_reservation(amount=cham["count"], node_type=cham["node_type"])
+        lease.add_fip_reservation(amount=1)
         captured = _Captured()
         logger = logging.getLogger("chi.lease")
         logger.addHandler(captured)
@@ -244,14 +245,14 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
         server = chi.server.Server._from_nova_server(nova().servers.get(state["server_id"]))
         print(f"chameleon: reusing server {server.id} ({server.status})")
     else:
-        reservation = (lease.flavor_reservations if cham["kind"] == "kvm" else lease.node_reservations)[0]
+        reservation = lease.node_reservations[0]
         name = f"{state['lease_name']}-node"
         server = chi.server.Server(
             name,
             reservation_id=reservation["id"],
             image_name=cham["image"],
             key_name=cham["key_name"] or os.environ.get("OS_KEYPAIR_NAME"),
-            flavor_name="baremetal" if cham["kind"] != "kvm" else cham["node_type"],
+            flavor_name="baremetal",
         )
         server.submit(wait_for_active=False, show=None, idempotent=False, retry_on_error=False)
         server.refresh()  # python-chi sets the id only by looking the name up
@@ -277,7 +278,7 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
 def ensure_floating_ip(cham: dict[str, Any], state: dict[str, Any], lease: Any, server: Any) -> str:
     if state.get("floating_ip"):
         return state["floating_ip"]
-    reserved = lease.get_reserved_floating_ips() if cham["kind"] != "kvm" else []
+    reserved = lease.get_reserved_floating_ips()
     if reserved:
         address = reserved[0]
     else:
@@ -306,6 +307,11 @@ def wait_for_ssh(address: str, timeout_s: float, interval: float) -> float:
 
 def provision(config: dict[str, Any]) -> dict[str, Any]:
     cham = settings(config)
+    if cham["kind"] == "kvm":
+        # A flavor reservation and the security group KVM needs before SSH answers are not
+        # implemented (nor testable against tests/fake_chameleon.py) yet: refuse rather than guess.
+        raise ChameleonError("chameleon.site: KVM@TACC provisioning is not supported yet; accepted: "
+                             "CHI@TACC, CHI@UC (bare metal)")
     check_credentials(cham)
     state = read_state()
     if state.get("site") and state["site"] != cham["site"]:
