@@ -79,5 +79,18 @@ def sync_remote(root: Path = ROOT, storage: dict[str, Any] | None = None) -> str
     return name
 
 
+def transfer(verb: str, failure: str, root: Path = ROOT) -> str:
+    """`dvc push|pull` with the remote storage.mode selects; on failure exit with `failure`, which
+    may name the remote as {remote}, followed by DVC's own last line."""
+    load_dotenv(root)
+    remote = sync_remote(root)
+    proc = subprocess.run(["dvc", verb, "--remote", remote], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = f" ({detail[-1]})" if detail else ""
+        sys.exit(f"{verb}: " + failure.format(remote=remote, reason=reason))
+    return proc.stdout.strip()
+
+
 if __name__ == "__main__":
     print(f"storage: DVC default remote is '{sync_remote()}'", file=sys.stderr)
