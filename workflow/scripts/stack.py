@@ -33,8 +33,6 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-SECRET_KEYS = ("POSTGRES_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD",
-               "MLFLOW_FLASK_SERVER_SECRET_KEY")
 
 
 class StackError(SystemExit):
