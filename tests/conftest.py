@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -107,6 +108,12 @@ class Project:
     def copy_to(self, dst: Path) -> Project:
         shutil.copytree(self.path, dst, symlinks=True)
         return Project(dst, self.env)
+
+
+def planned(project: Project) -> set[str]:
+    """The rules a Snakemake dry run would execute now."""
+    out = project.snakemake("-n").stdout
+    return set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
 
 
 def generate(tmp: Path, name: str, env: dict[str, str], *answers: str) -> Project:

@@ -9,17 +9,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import Project, generate, run, table_csv
+from conftest import Project, generate, planned, run, table_csv
 from loopback import FakeHub, git_daemon, hf_hub, https_files, self_signed_cert
 
 pytestmark = pytest.mark.slow
 STAGES = {"environment", "image", "data", "prepare", "train", "evaluate", "track", "verify"}
 
 
-def planned(project: Project) -> set[str]:
-    """The rules a Snakemake dry run would execute now."""
-    out = project.snakemake("-n").stdout
-    return set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
 
 
 def dvc_ran(output: str) -> set[str]:

@@ -7,14 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Project, generate, run
+from conftest import Project, generate, planned, run
 
 pytestmark = pytest.mark.slow
 
 
-def planned(project: Project) -> set[str]:
-    out = project.snakemake("-n").stdout
-    return set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
 
 
 def published(tmp: Path, env: dict[str, str]) -> Project:

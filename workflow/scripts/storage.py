@@ -23,13 +23,12 @@ S3_REMOTE = "s3"
 
 def load_dotenv(root: Path = ROOT) -> None:
     """Secrets from .env into the environment (values already set win)."""
+    from stack import read_env
+
     env_file = root / ".env"
-    if not env_file.exists():
-        return
-    for line in env_file.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.lstrip().startswith("#"):
-            os.environ.setdefault(key.strip(), value.strip())
+    if env_file.exists():
+        for key, value in read_env(env_file).items():
+            os.environ.setdefault(key, value)
 
 
 def _read(path: Path) -> dict[str, dict[str, str]]:
