@@ -19,13 +19,19 @@ or standalone: ``python fake_chameleon.py --port 8999``.
 
 Knobs (attributes, safe to change while running):
     capacity            dict node_type -> number of hosts (unknown type -> 0)
+    flavor_capacity     dict flavor name -> instances reservable (KVM "flavor:instance" leases)
     fip_capacity        number of reservable floating IPs
     lease_final_status  "ACTIVE" (default), "ERROR", or None (never leaves PENDING)
     server_final_status "ACTIVE" (default), "ERROR", or None (never leaves BUILD)
     gets_to_transition  how many GETs of a lease/server before it moves on (default 1)
     password            the only password Keystone accepts
-Inspection: leases(), servers(), floating_ips(), ports(), keypairs(), requests (log),
-    requests_matching(method, substring), reset().
+Inspection: leases(), servers(), floating_ips(), ports(), keypairs(), security_groups(),
+    flavors_named(prefix), requests (log), requests_matching(method, substring), reset().
+
+KVM flavor reservations follow Blazar's instance plugin: the lease gets a private flavor named
+"reservation:<reservation id>" (id = the reservation id) whose extra spec
+"aggregate_instance_extra_specs:reservation" names the reservation; a server launched on it counts
+against the reservation's amount; deleting the lease deletes the flavor and its servers.
 """
 
 import argparse
@@ -47,6 +53,9 @@ DEFAULT_CAPACITY = {
     "compute_skylake": 4,
     "compute_cascadelake_r": 4,
 }
+DEFAULT_FLAVOR_CAPACITY = {"m1.large": 4, "m1.xlarge": 2, "g1.h100.pci.1": 1}
+KVM_FLAVORS = (("m1.large", 8192, 4, 40), ("m1.xlarge", 16384, 8, 40), ("g1.h100.pci.1", 131072, 16, 200))
+RESERVATION_SPEC = "aggregate_instance_extra_specs:reservation"
 LEASE_DATE = "%Y-%m-%dT%H:%M:%S.%f"  # python-chi strptime()s start_date/end_date with this
 CREATED_DATE = "%Y-%m-%d %H:%M:%S"  # ... and created_at with this
 BLAZAR_IN = "%Y-%m-%d %H:%M"  # what blazarclient sends
@@ -95,6 +104,7 @@ class FakeChameleon:
         region="CHI@UC",
         capacity=None,
         fip_capacity=8,
+        flavor_capacity=None,
         images=None,
     ):
         self.host, self.port = "127.0.0.1", port
@@ -105,6 +115,9 @@ class FakeChameleon:
         self.region = region
         self.default_capacity = dict(capacity if capacity is not None else DEFAULT_CAPACITY)
         self.default_fip_capacity = fip_capacity
+        self.default_flavor_capacity = dict(
+            flavor_capacity if flavor_capacity is not None else DEFAULT_FLAVOR_CAPACITY
+        )
         self.image_names = list(images or DEFAULT_IMAGES)
         self.lock = threading.RLock()
         self._httpd = None
@@ -162,6 +175,7 @@ class FakeChameleon:
         with self.lock:
             self.capacity = dict(self.default_capacity)
             self.fip_capacity = self.default_fip_capacity
+            self.flavor_capacity = dict(self.default_flavor_capacity)
             self.lease_final_status = "ACTIVE"
             self.server_final_status = "ACTIVE"
             self.gets_to_transition = 1
@@ -197,23 +211,9 @@ class FakeChameleon:
                     }
                 )
             self.flavors = {}
-            for name, ram, vcpus in (("baremetal", 1024 * 192, 48), ("m1.small", 2048, 1)):
-                fid = _uuid()
-                self.flavors[fid] = {
-                    "id": fid,
-                    "name": name,
-                    "ram": ram,
-                    "vcpus": vcpus,
-                    "disk": 20,
-                    "OS-FLV-EXT-DATA:ephemeral": 0,
-                    "OS-FLV-DISABLED:disabled": False,
-                    "swap": 0,
-                    "rxtx_factor": 1.0,
-                    "os-flavor-access:is_public": True,
-                    "description": None,
-                    "extra_specs": {},
-                    "links": [],
-                }
+            for name, ram, vcpus, disk in (("baremetal", 1024 * 192, 48, 20), ("m1.small", 2048, 1, 20),
+                                           *KVM_FLAVORS):
+                self._add_flavor(_uuid(), name, ram, vcpus, disk)
             self.images = {}
             for name in self.image_names:
                 iid = _uuid()
@@ -266,6 +266,14 @@ class FakeChameleon:
                 if (method is None or r["method"] == method) and contains in r["path"]
             ]
 
+    def security_groups(self):
+        with self.lock:
+            return copy.deepcopy(list(self._secgroups.values()))
+
+    def flavors_named(self, prefix):
+        with self.lock:
+            return [copy.deepcopy(f) for f in self.flavors.values() if f["name"].startswith(prefix)]
+
     def add_keypair(self, name, public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeFakeFake fake"):
         with self.lock:
             self._keypairs[name] = {
@@ -278,9 +286,34 @@ class FakeChameleon:
 
     def is_empty(self):
         with self.lock:
-            return not (self._leases or self._servers or self._fips or self._ports)
+            return not (
+                self._leases
+                or self._servers
+                or self._fips
+                or self._ports
+                or self._secgroups
+                or self.flavors_named("reservation:")
+            )
 
     # ------------------------------------------------------------------ helpers
+    def _add_flavor(self, fid, name, ram, vcpus, disk, public=True, extra_specs=None):
+        self.flavors[fid] = {
+            "id": fid,
+            "name": name,
+            "ram": ram,
+            "vcpus": vcpus,
+            "disk": disk,
+            "OS-FLV-EXT-DATA:ephemeral": 0,
+            "OS-FLV-DISABLED:disabled": False,
+            "swap": 0,
+            "rxtx_factor": 1.0,
+            "os-flavor-access:is_public": public,
+            "description": None,
+            "extra_specs": dict(extra_specs or {}),
+            "links": [],
+        }
+        return self.flavors[fid]
+
     def _next_ip(self, prefix):
         self._ip_counter += 1
         n = self._ip_counter
@@ -611,6 +644,29 @@ class FakeChameleon:
                 ):
                     raise _blazar_err(500, "Not enough floating IPs available")
                 r.update({"amount": amount, "network_id": req["network_id"], "required_floatingips": []})
+            elif rtype == "flavor:instance":
+                amount = int(req.get("amount", 1))
+                base = self.flavors.get(req.get("flavor_id"))
+                if not base or RESERVATION_SPEC in base["extra_specs"]:
+                    raise _blazar_err(400, f"Flavor {req.get('flavor_id')} is not reservable")
+                used = self._used(
+                    lambda x: x["resource_type"] == "flavor:instance" and x["flavor_id"] == base["id"]
+                )
+                if used + amount > self.flavor_capacity.get(base["name"], 0):
+                    raise _blazar_err(500, "Not enough hosts available")
+                r.update({"amount": amount, "flavor_id": base["id"], "affinity": req.get("affinity")})
+                self._add_flavor(
+                    r["id"],
+                    f"reservation:{r['id']}",
+                    base["ram"],
+                    base["vcpus"],
+                    base["disk"],
+                    public=False,
+                    extra_specs={
+                        RESERVATION_SPEC: r["id"],
+                        "resources:CUSTOM_RESERVATION_" + r["id"].upper().replace("-", "_"): "1",
+                    },
+                )
             else:
                 raise _blazar_err(400, f"Unsupported resource type {rtype} in this fake")
             reservations.append(r)
@@ -643,12 +699,14 @@ class FakeChameleon:
         for fid, f in list(self._fips.items()):
             if any(t == f"reservation:{rid}" for t in f["tags"] for rid in res_ids):
                 del self._fips[fid]
+        for rid in res_ids:
+            self.flavors.pop(rid, None)  # the reserved flavor, for flavor:instance reservations
         del self._leases[lease["id"]]
 
-    def _active_host_reservation(self, rid):
+    def _reservation(self, rid, rtype):
         for lease in self._leases.values():
             for r in lease["reservations"]:
-                if r["id"] == rid and r["resource_type"] == "physical:host":
+                if r["id"] == rid and r["resource_type"] == rtype:
                     return lease, r
         return None, None
 
@@ -762,7 +820,7 @@ class FakeChameleon:
                     ]
                 }
             if len(parts) == 3 and parts[2] == "action":
-                return 202, None
+                return self._server_action(s, body or {})
         raise _nova_err(404, f"Not found: {sub}")
 
     def _create_server(self, body):
@@ -789,12 +847,18 @@ class FakeChameleon:
                 raise _nova_err(400, f"Network {n.get('uuid')} could not be found.")
         rid = hints.get("reservation")
         status, fault = "BUILD", None
-        if flavor["name"] == "baremetal":
-            lease, res = self._active_host_reservation(rid) if rid else (None, None)
+        reserved = flavor["extra_specs"].get(RESERVATION_SPEC)
+        if flavor["name"] == "baremetal" or reserved:
+            if reserved:  # a KVM instance on its lease's flavor; the scheduler hint is not needed
+                rid = reserved
+                lease, res = self._reservation(rid, "flavor:instance")
+            else:
+                lease, res = self._reservation(rid, "physical:host") if rid else (None, None)
             in_use = sum(
                 1 for s in self._servers.values() if s["_reservation"] == rid and s["status"] != "ERROR"
             )
-            if not res or lease["status"] != "ACTIVE" or in_use >= int(res["min"]):
+            limit = int(res.get("min") or res.get("amount") or 0) if res else 0
+            if not res or lease["status"] != "ACTIVE" or in_use >= limit:
                 # Nova accepts the request; scheduling then fails and the server lands in ERROR.
                 status, fault = (
                     "ERROR",
@@ -888,6 +952,22 @@ class FakeChameleon:
                 "adminPass": "x",
             }
         }
+
+    def _server_action(self, s, body):
+        if "addSecurityGroup" in body or "removeSecurityGroup" in body:
+            adding = "addSecurityGroup" in body
+            name = (body.get("addSecurityGroup") or body.get("removeSecurityGroup") or {}).get("name")
+            matches = [g for g in self._secgroups.values() if g["name"] == name or g["id"] == name]
+            if not matches:
+                raise _nova_err(404, f"Security group {name} not found for project {self.project_id}.")
+            if len(matches) > 1:
+                raise _nova_err(409, f"Multiple security_group matches found for name '{name}', use an ID.")
+            entry = {"name": matches[0]["name"]}
+            if adding and entry not in s["security_groups"]:
+                s["security_groups"].append(entry)
+            elif not adding and entry in s["security_groups"]:
+                s["security_groups"].remove(entry)
+        return 202, None
 
     def _delete_server(self, sid):
         for pid, p in list(self._ports.items()):
@@ -1020,7 +1100,9 @@ class FakeChameleon:
                 return 200, {"floatingip": f}
         if kind == "security-groups":
             if rid is None and method == "GET":
-                return 200, {"security_groups": self._filter(list(self._secgroups.values()), query, ["name"])}
+                return 200, {
+                    "security_groups": self._filter(list(self._secgroups.values()), query, ["id", "name"])
+                }
             if rid is None and method == "POST":
                 req = (body or {}).get("security_group", {})
                 gid = _uuid()
@@ -1038,6 +1120,12 @@ class FakeChameleon:
             if not g:
                 raise _neutron_err(404, "SecurityGroupNotFound", f"Security group {rid} does not exist")
             if method == "DELETE":
+                entry = {"name": g["name"]}
+                users = [s["id"] for s in self._servers.values() if entry in s["security_groups"]]
+                if users:
+                    raise _neutron_err(
+                        409, "SecurityGroupInUse", f"Security Group {rid} in use by {', '.join(users)}."
+                    )
                 del self._secgroups[rid]
                 return 204, None
             return 200, {"security_group": g}

@@ -29,6 +29,10 @@ CASES = [
     (["seed=-1"], "seed", "'-1'", "0 to 4294967295"),
     (["seed=abc"], "seed", "'abc'", "whole number"),
     (["node_type=gpu_foo"], "node_type", "'gpu_foo'", "gpu_rtx_6000"),
+    (["chameleon_site=KVM@TACC", "node_type=gpu_rtx_6000"], "node_type", "'gpu_rtx_6000'",
+     "not a known flavor at KVM@TACC; accepted: g1.h100.pci.1, m1.xlarge, m1.large"),
+    (["chameleon_site=CHI@UC", "node_type=m1.large"], "node_type", "'m1.large'",
+     "not a known node type at CHI@UC"),
     (["chameleon_site=CHI@Mars"], "chameleon_site", "'CHI@Mars'", "CHI@TACC"),
 ]
 
@@ -90,3 +94,23 @@ def test_help_explains_itself(env: dict[str, str]) -> None:
     new = reprostack(["new", "--help"], env).stdout
     for option in ("--defaults", "--data", "--answers", "--force", "--dvc-remote"):
         assert option in new
+
+
+def test_generation_accepts_what_provisioning_accepts() -> None:
+    """copier.yml validates node types when the project is made; chameleon.py again before
+    provisioning. The two lists must be the same, site by site."""
+    import re
+    import sys
+
+    import yaml
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+    from chameleon import FLAVORS, NODE_TYPES, SITES
+
+    validator = yaml.safe_load((ROOT / "copier.yml").read_text())["node_type"]["validator"]
+    lists = {name: re.findall(r"'([^']+)'", body) for name, body in
+             re.findall(r"set (\w+) = \[([^\]]*)\]", validator)}
+    assert lists == {"bare_metal": list(NODE_TYPES), "flavors": list(FLAVORS)}
+    choices = yaml.safe_load((ROOT / "copier.yml").read_text())["chameleon_site"]["choices"]
+    assert choices == list(SITES)

@@ -24,16 +24,21 @@ def fake() -> Iterator[FakeChameleon]:
         yield server
 
 
-@pytest.fixture
-def project(tmp_path: Path, env: dict[str, str], fake: FakeChameleon) -> Project:
+def on_fake(tmp_path: Path, env: dict[str, str], fake: FakeChameleon, *answers: str) -> Project:
+    """A fresh fake site with our key pair, and a project whose OS_* variables point at it."""
     fake.reset()
     fake.add_keypair(KEY)
     env = {k: v for k, v in env.items() if not k.startswith("OS_")}
     env.update(fake.os_env(), NO_PROXY="127.0.0.1,localhost", REPROSTACK_RUNNER="local")
-    project = generate(tmp_path, "paper", env, "framework=sklearn", "chameleon_site=CHI@UC")
+    project = generate(tmp_path, "paper", env, "framework=sklearn", *answers)
     project.set_config("chameleon.key_name", KEY)
     project.set_config("chameleon.poll_seconds", 0.2)
     return project
+
+
+@pytest.fixture
+def project(tmp_path: Path, env: dict[str, str], fake: FakeChameleon) -> Project:
+    return on_fake(tmp_path, env, fake, "chameleon_site=CHI@UC")
 
 
 def state(project: Project) -> dict:
@@ -69,6 +74,7 @@ def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> 
     ):
         assert what in down.stdout
     assert fake.is_empty(), (fake.leases(), fake.servers(), fake.floating_ips())
+    assert fake.security_groups() == [], "bare metal has no security groups; firewalld guards the node"
     assert state(project) == {}
     twice = project.run("snakemake", "-c1", "teardown")
     assert "nothing to tear down" in twice.stdout
@@ -162,8 +168,14 @@ def test_configure_run_and_collect_through_the_command_runner(
         'echo "docker $*" >> "$HOME/../docker-calls.log"\n'
         'case "$*" in *"--profile train run"*) exec snakemake --cores all ;; *) exit 0 ;; esac\n'
     )
-    (stub / "docker").chmod(0o755)
+    (stub / "firewall-cmd").write_text(
+        '#!/usr/bin/env bash\necho "firewall-cmd $*" >> "$HOME/../firewall.log"\n'
+    )
+    (stub / "sudo").write_text('#!/usr/bin/env bash\nexec "$@"\n')
+    for tool in stub.iterdir():
+        tool.chmod(0o755)
     project.set_config("chameleon.node_type", "compute_skylake")
+    project.set_config("chameleon.open_ports", [8888])
     project.run("git", "commit", "-qam", "CPU node")
     env = {**project.env, "REPROSTACK_NODE_ROOT": str(node), "HOME": str(node),
            "PATH": f"{stub}:{project.env['PATH']}"}
@@ -179,6 +191,11 @@ def test_configure_run_and_collect_through_the_command_runner(
     secrets = [line.split("=", 1)[1] for line in env_file.read_text().splitlines() if "=" in line]
     for secret in secrets:
         assert secret not in configured.stdout + configured.stderr
+    firewall = (tmp_path / "firewall.log").read_text().splitlines()
+    assert firewall == [
+        "firewall-cmd --quiet --permanent --add-port=8888/tcp",
+        "firewall-cmd --quiet --reload",
+    ]
     calls = (tmp_path / "docker-calls.log").read_text()
     assert "compose -f docker/compose.yaml up -d --wait" in calls
 
@@ -199,10 +216,83 @@ def test_configure_run_and_collect_through_the_command_runner(
     assert fake.is_empty()
 
 
-def test_kvm_is_refused_clearly(project: Project, fake: FakeChameleon) -> None:
-    project.set_config("chameleon.site", "KVM@TACC")
-    project.set_config("chameleon.node_type", "m1.large")
-    assert "1 x flavor m1.large" in project.run("snakemake", "-c1", "plan").stdout
-    failed = project.run("snakemake", "-c1", "provision", check=False)
-    assert failed.returncode != 0 and "KVM@TACC provisioning is not supported yet" in failed.stderr
-    assert fake.leases() == []
+@pytest.fixture(scope="module")
+def kvm_fake() -> Iterator[FakeChameleon]:
+    with FakeChameleon(password="right-password", region="KVM@TACC") as server:
+        yield server
+
+
+@pytest.fixture
+def kvm_project(tmp_path: Path, env: dict[str, str], kvm_fake: FakeChameleon) -> Project:
+    project = on_fake(tmp_path, env, kvm_fake, "chameleon_site=KVM@TACC", "node_type=m1.large")
+    project.set_config("chameleon.open_ports", [8888])
+    return project
+
+
+def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_fake: FakeChameleon) -> None:
+    plan = kvm_project.snakemake("-c1", "plan").stdout
+    assert "1 x flavor m1.large (virtual machine) + 1 floating IP" in plan
+    assert "security group letting in tcp 22, 8888" in plan and "KVM@TACC (kvm)" in plan
+
+    kvm_project.run("snakemake", "-c1", "provision")
+    created = state(kvm_project)
+    assert set(created) >= {"lease_id", "server_id", "security_group_id", "floating_ip"}
+    [lease] = kvm_fake.leases()
+    [reservation] = lease["reservations"]
+    [public] = [f for f in kvm_fake.flavors_named("m1.large") if f["name"] == "m1.large"]
+    assert (reservation["resource_type"], reservation["flavor_id"], reservation["amount"]) == (
+        "flavor:instance", public["id"], 1)
+    [server] = kvm_fake.servers()
+    assert server["flavor"]["original_name"] == f"reservation:{reservation['id']}", "on the reserved flavor"
+    assert server["key_name"] == KEY
+    [group] = kvm_fake.security_groups()
+    assert group["id"] == created["security_group_id"]
+    assert {"name": group["name"]} in server["security_groups"]
+    rules = sorted((r["direction"], r["protocol"], r["port_range_min"], r["port_range_max"])
+                   for r in group["security_group_rules"])
+    assert rules == [("ingress", "tcp", 22, 22), ("ingress", "tcp", 8888, 8888)]
+    [fip] = kvm_fake.floating_ips()
+    assert fip["floating_ip_address"] == created["floating_ip"] and fip["port_id"], "allocated and attached"
+
+    again = kvm_project.run("snakemake", "-c1", "provision")
+    assert "reusing lease" in again.stdout and "reusing server" in again.stdout
+    assert "reusing floating IP" in again.stdout and state(kvm_project) == created
+    counts = (len(kvm_fake.leases()), len(kvm_fake.servers()), len(kvm_fake.security_groups()),
+              len(kvm_fake.floating_ips()))
+    assert counts == (1, 1, 1, 1)
+
+    down = kvm_project.run("snakemake", "-c1", "teardown")
+    for what in (f"deleted server {created['server_id']}", f"released floating IP {created['floating_ip']}",
+                 f"deleted security group {created['security_group_id']}",
+                 f"deleted lease {created['lease_id']}"):
+        assert what in down.stdout
+    assert kvm_fake.is_empty(), (kvm_fake.leases(), kvm_fake.security_groups(), kvm_fake.floating_ips())
+    assert "nothing to tear down" in kvm_project.run("snakemake", "-c1", "teardown").stdout
+
+
+def test_kvm_capacity_and_missing_flavor_are_named(kvm_project: Project, kvm_fake: FakeChameleon) -> None:
+    kvm_project.set_config("chameleon.count", 5)
+    failed = kvm_project.run("snakemake", "-c1", "provision", check=False)
+    assert failed.returncode != 0
+    expected = "no capacity: Chameleon has not enough free instances of flavor m1.large at KVM@TACC"
+    assert expected in failed.stderr
+    assert kvm_fake.leases() == [] and kvm_fake.security_groups() == []
+
+    kvm_project.set_config("chameleon.count", 1)
+    kvm_project.set_config("chameleon.node_type", "g1.h100.pci.1")
+    with kvm_fake.lock:  # this site no longer offers the GPU flavor
+        for fid in [f["id"] for f in kvm_fake.flavors_named("g1.")]:
+            del kvm_fake.flavors[fid]
+    failed = kvm_project.run("snakemake", "-c1", "provision", check=False)
+    assert "flavor 'g1.h100.pci.1' is not offered at KVM@TACC; it offers:" in failed.stderr
+    assert "m1.large" in failed.stderr and kvm_fake.leases() == []
+
+
+def test_kvm_default_flavor_and_site_checks(tmp_path: Path, env: dict[str, str]) -> None:
+    project = generate(tmp_path, "kvm", env, "chameleon_site=KVM@TACC")
+    cham = project.config["chameleon"]
+    assert (cham["site"], cham["node_type"], cham["open_ports"]) == ("KVM@TACC", "g1.h100.pci.1", [])
+    assert "CC-Ubuntu24.04-CUDA (nvidia)" in project.snakemake("-c1", "plan").stdout
+    project.set_config("chameleon.open_ports", [70000])
+    failed = project.run("snakemake", "-c1", "plan", check=False)
+    assert failed.returncode != 0 and "open_ports" in failed.stderr and "70000" in failed.stderr

@@ -18,6 +18,9 @@ import yaml
 from conftest import ROOT
 from reprostack.generate import render
 
+sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+from chameleon import FLAVORS, NODE_TYPES  # what provisioning accepts, per site
+
 SCHEMA = ROOT / ".venv" / "share" / "compose-spec.json"
 HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -27,9 +30,8 @@ SOURCES = {
     "git": {"git_url": "https://example.org/d.git", "git_commit": SHA},
     "url": {"data_url": "https://example.org/d.csv", "data_sha256": "a" * 64},
 }
-NODE_TYPES = ["gpu_rtx_6000", "gpu_a100_pcie", "gpu_p100", "gpu_mi100", "compute_skylake",
-              "compute_cascadelake_r", "g1.h100.pci.1", "m1.xlarge", "m1.large"]
-ALL = list(itertools.product(["pytorch", "sklearn"], SOURCES, NODE_TYPES))
+SITE_OF = {**{name: "CHI@TACC" for name in NODE_TYPES}, **{name: "KVM@TACC" for name in FLAVORS}}
+ALL = list(itertools.product(["pytorch", "sklearn"], SOURCES, SITE_OF))
 FEW = [("pytorch", "sample", "gpu_rtx_6000"), ("pytorch", "url", "gpu_mi100"),
        ("sklearn", "git", "compute_skylake")]
 
@@ -66,7 +68,7 @@ def check_rendered(project: Path) -> None:
 def test_rendered_containers_pass_static_checks(tmp_path: Path, framework: str, source: str,
                                                 node_type: str) -> None:
     render(tmp_path / "p", {"framework": framework, "data_source": source, "node_type": node_type,
-                            **SOURCES[source]}, defaults=True)
+                            "chameleon_site": SITE_OF[node_type], **SOURCES[source]}, defaults=True)
     check_rendered(tmp_path / "p")
 
 
@@ -77,7 +79,7 @@ def test_every_option_combination_renders_a_valid_project(tmp_path: Path) -> Non
     for index, (framework, source, node_type) in enumerate(ALL):
         target = tmp_path / f"p{index}"
         render(target, {"framework": framework, "data_source": source, "node_type": node_type,
-                        **SOURCES[source]}, defaults=True)
+                        "chameleon_site": SITE_OF[node_type], **SOURCES[source]}, defaults=True)
         check_rendered(target)
         jsonschema.validate(yaml.safe_load((target / "config" / "config.yaml").read_text()), schema)
         dockerfile = (target / "docker" / "Dockerfile").read_text()

@@ -1,13 +1,20 @@
 """Chameleon provisioning with python-chi: plan, provision and teardown, driven by Snakemake rules.
 
     python workflow/scripts/chameleon.py plan        # what would be reserved, where, for how long
-    python workflow/scripts/chameleon.py provision   # lease + server + floating IP, wait for SSH
+    python workflow/scripts/chameleon.py provision   # lease + server + floating IP (+ security group
+                                                     # on KVM), wait for SSH
     python workflow/scripts/chameleon.py teardown    # delete exactly what the state file names
 
 Everything created is written to the state file (.chameleon/state.json, gitignored) as soon as it
 exists, by id; a rerun looks resources up by those ids (never by name, which python-chi's own
 idempotency does) and creates nothing twice. python-chi swallows several failures (a lease that
 cannot be made, a wait that ends in ERROR); this module surfaces their real cause.
+
+Bare metal (CHI@TACC, CHI@UC): a node reservation plus a floating-IP reservation; the node's
+firewalld already lets SSH in, and `chameleon.open_ports` are opened there by `configure`.
+KVM@TACC: a flavor reservation (Blazar makes a private flavor "reservation:<id>" that the server
+must be launched on), an allocated floating IP, and a security group of our own for SSH and
+`chameleon.open_ports`, since KVM lets nothing in by default.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
         "poll_seconds": 10,
         "key_name": None,
         "openrc": None,
+        "open_ports": [],
         **config.get("chameleon", {}),
     }
     site, node_type = cham.get("site"), cham.get("node_type")
@@ -71,6 +79,13 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
             f"accepted: {', '.join(known)}"
         )
     cham["kind"] = SITES[site]
+    ports = cham["open_ports"]
+    bad = [p for p in ports if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535]
+    if bad:
+        raise ChameleonError(
+            f"chameleon.open_ports: {bad[0]!r} is not a port; accepted: TCP port numbers 1 to 65535"
+        )
+    cham["ingress_ports"] = [22, *sorted(set(ports) - {22})]  # SSH always; the rest opt-in
     cham["accelerator"] = known[node_type]
     cham["image"] = cham.get("image") or IMAGES[cham["accelerator"]]
     if cham["image"] not in IMAGES.values():
@@ -162,10 +177,11 @@ class _Captured(logging.Handler):
 def _explain(messages: list[str], cham: dict[str, Any], name: str) -> str:
     text = " ".join(messages).lower()
     if "not enough hosts" in text or "not enough resources" in text:
+        what = "instances of flavor" if cham["kind"] == "kvm" else "nodes of type"
         return (
-            f"no capacity: Chameleon has not enough free {cham['node_type']} nodes at "
-            f"{cham['site']} for {cham['count']} node(s) over {cham['duration_hours']} h; "
-            "try another node type, a shorter lease, or later"
+            f"no capacity: Chameleon has not enough free {what} {cham['node_type']} at "
+            f"{cham['site']} for {cham['count']} over {cham['duration_hours']} h; "
+            f"try another {'flavor' if cham['kind'] == 'kvm' else 'node type'}, a shorter lease, or later"
         )
     if "already exists" in text:
         return f"a lease named '{name}' already exists in this project"
@@ -197,8 +213,11 @@ def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> A
     else:
         name = f"{project}-{secrets.token_hex(3)}"
         lease = chi.lease.Lease(name, duration=timedelta(hours=cham["duration_hours"]))
-        lease.add_node_reservation(amount=cham["count"], node_type=cham["node_type"])
-        lease.add_fip_reservation(amount=1)
+        if cham["kind"] == "kvm":
+            lease.add_flavor_reservation(id=_flavor_id(cham), amount=cham["count"])
+        else:
+            lease.add_node_reservation(amount=cham["count"], node_type=cham["node_type"])
+            lease.add_fip_reservation(amount=1)
         captured = _Captured()
         logger = logging.getLogger("chi.lease")
         logger.addHandler(captured)
@@ -231,6 +250,20 @@ def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> A
     return chi.lease.Lease(lease_json=blazar().lease.get(lease.id))
 
 
+def _flavor_id(cham: dict[str, Any]) -> str:
+    """The public flavor to reserve; a site without it is named with the flavors it has."""
+    from chi.clients import nova
+
+    flavors = {f.name: f.id for f in nova().flavors.list()}
+    if cham["node_type"] not in flavors:
+        offered = sorted(n for n in flavors if not n.startswith("reservation:"))
+        raise ChameleonError(
+            f"chameleon.node_type: flavor '{cham['node_type']}' is not offered at {cham['site']}; "
+            f"it offers: {', '.join(offered)}"
+        )
+    return flavors[cham["node_type"]]
+
+
 def _lease_status(lease_id: str) -> str:
     from chi.clients import blazar
 
@@ -245,14 +278,21 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
         server = chi.server.Server._from_nova_server(nova().servers.get(state["server_id"]))
         print(f"chameleon: reusing server {server.id} ({server.status})")
     else:
-        reservation = lease.node_reservations[0]
         name = f"{state['lease_name']}-node"
+        if cham["kind"] == "kvm":
+            # Launch on the lease's own flavor: naming the public flavor would boot an on-demand
+            # instance outside the reservation (it works, which is what makes it a trap).
+            reserved = lease.get_reserved_flavors()
+            if not reserved:
+                raise ChameleonError(f"chameleon: lease {lease.id} has no reserved flavor; run teardown")
+            placement = {"flavor_name": reserved[0].name}
+        else:
+            placement = {"reservation_id": lease.node_reservations[0]["id"], "flavor_name": "baremetal"}
         server = chi.server.Server(
             name,
-            reservation_id=reservation["id"],
             image_name=cham["image"],
             key_name=cham["key_name"] or os.environ.get("OS_KEYPAIR_NAME"),
-            flavor_name="baremetal",
+            **placement,
         )
         server.submit(wait_for_active=False, show=None, idempotent=False, retry_on_error=False)
         server.refresh()  # python-chi sets the id only by looking the name up
@@ -275,20 +315,81 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
     return chi.server.Server._from_nova_server(nova().servers.get(server.id))
 
 
+def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], server: Any) -> None:
+    """KVM only: a group of our own (SSH + open_ports), recorded by id, attached to the server."""
+    from chi.clients import neutron, nova
+    from neutronclient.common.exceptions import NotFound
+
+    group = None
+    if state.get("security_group_id"):
+        try:
+            group = neutron().show_security_group(state["security_group_id"])["security_group"]
+        except NotFound:
+            print(f"chameleon: security group {state['security_group_id']} is gone; making a new one")
+    if group is None:
+        ports = cham["ingress_ports"]
+        group = neutron().create_security_group(
+            {"security_group": {"name": f"{state['lease_name']}-ingress",
+                                "description": f"reprostack: tcp {', '.join(map(str, ports))} in"}}
+        )["security_group"]
+        state["security_group_id"] = group["id"]
+        write_state(state)
+        for port in ports:
+            neutron().create_security_group_rule(
+                {"security_group_rule": {"security_group_id": group["id"], "direction": "ingress",
+                                         "ethertype": "IPv4", "protocol": "tcp",
+                                         "port_range_min": port, "port_range_max": port}}
+            )
+        print(f"chameleon: created security group {group['name']} ({group['id']}): tcp {ports}")
+    attached = {g["name"] for g in getattr(nova().servers.get(server.id), "security_groups", [])}
+    if group["name"] not in attached:
+        nova().servers.add_security_group(server.id, group["id"])
+        print(f"chameleon: security group {group['name']} attached to server {server.id}")
+
+
 def ensure_floating_ip(cham: dict[str, Any], state: dict[str, Any], lease: Any, server: Any) -> str:
-    if state.get("floating_ip"):
-        return state["floating_ip"]
+    """The lease's reserved IP (bare metal), else one allocated for us; recorded before attaching."""
+    from chi.clients import neutron
+
+    address = state.get("floating_ip")
+    if not address:
+        address = _new_floating_ip(cham, state, lease)
+        state["floating_ip"] = address
+        write_state(state)
+    found = [f for f in neutron().list_floatingips()["floatingips"] if f["floating_ip_address"] == address]
+    if not found:
+        raise ChameleonError(
+            f"chameleon: floating IP {address} named in {STATE.relative_to(ROOT)} is gone; "
+            "run teardown, then provision again"
+        )
+    if not found[0].get("port_id"):
+        server.associate_floating_ip(address)
+        print(f"chameleon: floating IP {address} attached")
+    else:
+        print(f"chameleon: reusing floating IP {address}")
+    return address
+
+
+def _new_floating_ip(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> str:
     reserved = lease.get_reserved_floating_ips()
     if reserved:
         address = reserved[0]
     else:
         import chi.network
+        from chi.clients import neutron
+        from neutronclient.common.exceptions import NeutronClientException
 
-        address = chi.network.get_free_floating_ip()["floating_ip_address"]
-    server.associate_floating_ip(address)
-    state["floating_ip"] = address
-    write_state(state)
-    print(f"chameleon: floating IP {address} attached")
+        try:
+            created = neutron().create_floatingip(
+                {"floatingip": {"floating_network_id": chi.network.get_network_id("public"),
+                                "description": f"reprostack {state['lease_name']}"}}
+            )["floatingip"]
+        except NeutronClientException as error:
+            raise ChameleonError(
+                f"chameleon: could not allocate a floating IP at {cham['site']} "
+                f"(the project's quota may be used up): {error}"
+            ) from None
+        address = created["floating_ip_address"]
     return address
 
 
@@ -307,11 +408,6 @@ def wait_for_ssh(address: str, timeout_s: float, interval: float) -> float:
 
 def provision(config: dict[str, Any]) -> dict[str, Any]:
     cham = settings(config)
-    if cham["kind"] == "kvm":
-        # A flavor reservation and the security group KVM needs before SSH answers are not
-        # implemented (nor testable against tests/fake_chameleon.py) yet: refuse rather than guess.
-        raise ChameleonError("chameleon.site: KVM@TACC provisioning is not supported yet; accepted: "
-                             "CHI@TACC, CHI@UC (bare metal)")
     check_credentials(cham)
     state = read_state()
     if state.get("site") and state["site"] != cham["site"]:
@@ -321,6 +417,8 @@ def provision(config: dict[str, Any]) -> dict[str, Any]:
         )
     lease = ensure_lease(cham, state, config["project"]["name"])
     server = ensure_server(cham, state, lease)
+    if cham["kind"] == "kvm":
+        ensure_security_group(cham, state, server)
     address = ensure_floating_ip(cham, state, lease, server)
     waited = wait_for_ssh(address, cham["ssh_timeout_minutes"] * 60, cham["poll_seconds"])
     print(f"chameleon: ready: ssh cc@{address} (SSH answered after {waited:.0f} s)")
@@ -348,13 +446,21 @@ def teardown(config: dict[str, Any]) -> list[str]:
     from chi.clients import blazar, nova
     from novaclient.exceptions import NotFound
 
-    report = []
+    cham = settings(config)
+    report: list[str] = []
+
+    def done(line: str) -> None:  # printed as it happens, so a failure midway still says what went
+        report.append(line)
+        print(f"chameleon: {line}")
+
     if state.get("server_id"):
         try:
             nova().servers.delete(state["server_id"])
-            report.append(f"deleted server {state['server_id']}")
+            done(f"deleted server {state['server_id']}")
         except NotFound:
-            report.append(f"server {state['server_id']} was already gone")
+            done(f"server {state['server_id']} was already gone")
+        if state.get("security_group_id"):  # Nova deletes asynchronously; the group is in use until then
+            _wait_gone(state["server_id"], cham["server_timeout_minutes"] * 60, cham["poll_seconds"])
         state.pop("server_id")
         write_state(state)
     if state.get("floating_ip"):
@@ -363,35 +469,70 @@ def teardown(config: dict[str, Any]) -> list[str]:
         ]
         if found:
             chi.network.deallocate_floating_ip(state["floating_ip"])
-            report.append(f"released floating IP {state['floating_ip']}")
+            done(f"released floating IP {state['floating_ip']}")
         else:
-            report.append(f"floating IP {state['floating_ip']} was already released")
+            done(f"floating IP {state['floating_ip']} was already released")
         state.pop("floating_ip")
+        write_state(state)
+    if state.get("security_group_id"):
+        done(_delete_security_group(state["security_group_id"]))
+        state.pop("security_group_id")
         write_state(state)
     if state.get("lease_id"):
         try:
             blazar().lease.delete(state["lease_id"])
-            report.append(f"deleted lease {state['lease_id']}")
+            done(f"deleted lease {state['lease_id']}")
         except Exception as error:  # blazarclient raises its own type, with the code in kwargs
             code = getattr(error, "kwargs", {}).get("code", getattr(error, "code", None))
             if code != 404:
                 raise ChameleonError(
                     f"chameleon: could not delete lease {state['lease_id']}: {error}"
                 ) from None
-            report.append(f"lease {state['lease_id']} was already gone")
+            done(f"lease {state['lease_id']} was already gone")
     STATE.unlink()
-    for line in report:
-        print(f"chameleon: {line}")
     return report
+
+
+def _wait_gone(server_id: str, timeout_s: float, interval: float) -> None:
+    from chi.clients import nova
+    from novaclient.exceptions import NotFound
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            nova().servers.get(server_id)
+        except NotFound:
+            return
+        time.sleep(interval)
+    raise ChameleonError(
+        f"chameleon: server {server_id} was still there after waiting {timeout_s:.0f} s; "
+        "run teardown again to delete the rest"
+    )
+
+
+def _delete_security_group(group_id: str) -> str:
+    from chi.clients import neutron
+    from neutronclient.common.exceptions import Conflict, NotFound
+
+    try:
+        neutron().delete_security_group(group_id)
+    except NotFound:
+        return f"security group {group_id} was already gone"
+    except Conflict as error:
+        raise ChameleonError(f"chameleon: security group {group_id} is still in use: {error}") from None
+    return f"deleted security group {group_id}"
 
 
 def plan(config: dict[str, Any]) -> str:
     cham = settings(config)
     state = read_state()
+    ports = ", ".join(map(str, cham["ingress_ports"]))
     reserve = (
-        f"{cham['count']} x flavor {cham['node_type']}"
+        f"{cham['count']} x flavor {cham['node_type']} (virtual machine) + 1 floating IP "
+        f"+ a security group letting in tcp {ports}"
         if cham["kind"] == "kvm"
-        else f"{cham['count']} x {cham['node_type']} bare-metal node(s) + 1 floating IP"
+        else f"{cham['count']} x {cham['node_type']} bare-metal node(s) + 1 floating IP; "
+        f"firewalld lets in tcp {ports}"
     )
     lines = [
         f"site:      {cham['site']} ({cham['kind']})",
@@ -415,6 +556,10 @@ def main(argv: list[str]) -> int:
     from _step import load_config
 
     config = load_config()
+    # neutronclient warns on every client it makes; the noise would bury the lines that matter.
+    logging.getLogger("neutronclient.v2_0.client").addFilter(
+        lambda record: "python binding code in neutronclient" not in record.getMessage()
+    )
     action = argv[0] if argv else "plan"
     if action == "plan":
         print(plan(config))

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Runs on the Chameleon node (Ubuntu 24.04, user cc): Docker with the compose plugin and, for GPUs,
-# the container runtime. Idempotent: what is already there is left alone. Usage: node_setup.sh nvidia|amd|cpu
+# the container runtime; then opens chameleon.open_ports in firewalld, which on Chameleon's images
+# lets in only SSH (bare metal has no security groups). Idempotent: what is already there is left
+# alone. Usage: node_setup.sh nvidia|amd|cpu [PORT...]
 set -euo pipefail
 accelerator=${1:?accelerator: nvidia, amd or cpu}
+shift
+for port in "$@"; do
+    case "$port" in
+        ''|*[!0-9]*) echo "node_setup: port '$port' is not a number" >&2; exit 2 ;;
+    esac
+done
 if ! command -v docker >/dev/null 2>&1; then
     sudo apt-get update -q
     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose-v2
@@ -26,4 +34,15 @@ case "$accelerator" in
     cpu) ;;
     *) echo "node_setup: accelerator '$accelerator' is not known; accepted: nvidia, amd, cpu" >&2; exit 2 ;;
 esac
+if [ "$#" -gt 0 ]; then
+    if command -v firewall-cmd >/dev/null 2>&1; then
+        for port in "$@"; do
+            sudo firewall-cmd --quiet --permanent --add-port="$port/tcp"
+        done
+        sudo firewall-cmd --quiet --reload
+        echo "node_setup: firewalld lets in tcp $* (and SSH)"
+    else
+        echo "node_setup: no firewalld on this node; tcp $* is governed by the site (security group)"
+    fi
+fi
 echo "node_setup: docker $(docker --version 2>/dev/null | cut -d' ' -f3 | tr -d ,) ready for $accelerator"

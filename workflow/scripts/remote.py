@@ -102,7 +102,8 @@ def configure(config: dict) -> None:
     cham = settings(config)
     node = runner()
     node.put(SETUP, "node_setup.sh")
-    node.run(f"bash node_setup.sh {cham['accelerator']}")
+    extra_ports = " ".join(str(p) for p in cham["ingress_ports"] if p != 22)  # firewalld already allows SSH
+    node.run(f"bash node_setup.sh {cham['accelerator']} {extra_ports}".rstrip())
     commit = _git("rev-parse", "HEAD")
     if _git("status", "--porcelain", "--untracked-files=no"):
         print("remote: note: uncommitted changes stay here; the node gets commit " + commit[:12])
