@@ -1129,6 +1129,13 @@ class FakeChameleon:
                 del self._secgroups[rid]
                 return 204, None
             return 200, {"security_group": g}
+        if kind == "security-group-rules" and method == "DELETE" and rid:
+            for g in self._secgroups.values():
+                kept = [r for r in g["security_group_rules"] if r["id"] != rid]
+                if len(kept) < len(g["security_group_rules"]):
+                    g["security_group_rules"] = kept
+                    return 204, None
+            raise _neutron_err(404, "SecurityGroupRuleNotFound", f"Security group rule {rid} does not exist")
         if kind == "security-group-rules" and method == "POST":
             req = dict((body or {}).get("security_group_rule", {}), id=_uuid())
             g = self._secgroups.get(req.get("security_group_id"))

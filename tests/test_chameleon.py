@@ -261,6 +261,13 @@ def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_
               len(kvm_fake.floating_ips()))
     assert counts == (1, 1, 1, 1)
 
+    kvm_project.set_config("chameleon.open_ports", [6006])  # the rules follow the config on a rerun
+    changed = kvm_project.run("snakemake", "-c1", "provision")
+    assert "lets in tcp 6006" in changed.stdout and "no longer lets in tcp 8888" in changed.stdout
+    [group] = kvm_fake.security_groups()
+    assert sorted(r["port_range_min"] for r in group["security_group_rules"]) == [22, 6006]
+    assert len(kvm_fake.servers()) == 1 and state(kvm_project) == created
+
     down = kvm_project.run("snakemake", "-c1", "teardown")
     for what in (f"deleted server {created['server_id']}", f"released floating IP {created['floating_ip']}",
                  f"deleted security group {created['security_group_id']}",

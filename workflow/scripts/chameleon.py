@@ -316,7 +316,8 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
 
 
 def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], server: Any) -> None:
-    """KVM only: a group of our own (SSH + open_ports), recorded by id, attached to the server."""
+    """KVM only: a group of our own, recorded by id, attached to the server. Its rules follow
+    SSH + chameleon.open_ports on every run, so a changed port list needs no new server."""
     from chi.clients import neutron, nova
     from neutronclient.common.exceptions import NotFound
 
@@ -327,20 +328,30 @@ def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], server: A
         except NotFound:
             print(f"chameleon: security group {state['security_group_id']} is gone; making a new one")
     if group is None:
-        ports = cham["ingress_ports"]
         group = neutron().create_security_group(
             {"security_group": {"name": f"{state['lease_name']}-ingress",
-                                "description": f"reprostack: tcp {', '.join(map(str, ports))} in"}}
+                                "description": "reprostack: SSH and chameleon.open_ports"}}
         )["security_group"]
         state["security_group_id"] = group["id"]
         write_state(state)
-        for port in ports:
-            neutron().create_security_group_rule(
-                {"security_group_rule": {"security_group_id": group["id"], "direction": "ingress",
-                                         "ethertype": "IPv4", "protocol": "tcp",
-                                         "port_range_min": port, "port_range_max": port}}
-            )
-        print(f"chameleon: created security group {group['name']} ({group['id']}): tcp {ports}")
+        print(f"chameleon: created security group {group['name']} ({group['id']})")
+    have = {
+        rule["port_range_min"]: rule["id"]
+        for rule in group.get("security_group_rules", [])
+        if rule.get("direction") == "ingress" and rule.get("protocol") == "tcp"
+        and rule.get("port_range_min") == rule.get("port_range_max")
+    }
+    for port in (p for p in cham["ingress_ports"] if p not in have):
+        neutron().create_security_group_rule(
+            {"security_group_rule": {"security_group_id": group["id"], "direction": "ingress",
+                                     "ethertype": "IPv4", "protocol": "tcp",
+                                     "port_range_min": port, "port_range_max": port}}
+        )
+        print(f"chameleon: security group lets in tcp {port}")
+    for port, rule_id in have.items():
+        if port not in cham["ingress_ports"]:
+            neutron().delete_security_group_rule(rule_id)
+            print(f"chameleon: security group no longer lets in tcp {port}")
     attached = {g["name"] for g in getattr(nova().servers.get(server.id), "security_groups", [])}
     if group["name"] not in attached:
         nova().servers.add_security_group(server.id, group["id"])
