@@ -354,6 +354,7 @@ def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], server: A
             print(f"chameleon: security group no longer lets in tcp {port}")
     attached = {g["name"] for g in getattr(nova().servers.get(server.id), "security_groups", [])}
     if group["name"] not in attached:
+        # By id: Nova resolves a name or an id, and a name may be shared with other groups.
         nova().servers.add_security_group(server.id, group["id"])
         print(f"chameleon: security group {group['name']} attached to server {server.id}")
 
