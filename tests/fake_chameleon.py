@@ -28,10 +28,11 @@ Knobs (attributes, safe to change while running):
 Inspection: leases(), servers(), floating_ips(), ports(), keypairs(), security_groups(),
     flavors_named(prefix), requests (log), requests_matching(method, substring), reset().
 
-KVM flavor reservations follow Blazar's instance plugin: the lease gets a private flavor named
-"reservation:<reservation id>" (id = the reservation id) whose extra spec
-"aggregate_instance_extra_specs:reservation" names the reservation; a server launched on it counts
-against the reservation's amount; deleting the lease deletes the flavor and its servers.
+KVM flavor reservations follow Chameleon's Blazar flavor plugin: the lease gets a private flavor
+named "reservation:<reservation id>" (id = the reservation id, the source flavor's extra specs plus
+"aggregate_instance_extra_specs:reservation" naming the reservation); the reservation's flavor_id
+is that flavor and resource_properties holds the source flavor; a server launched on it counts
+against the amount; deleting the lease deletes the flavor and its servers.
 """
 
 import argparse
@@ -650,11 +651,18 @@ class FakeChameleon:
                 if not base or RESERVATION_SPEC in base["extra_specs"]:
                     raise _blazar_err(400, f"Flavor {req.get('flavor_id')} is not reservable")
                 used = self._used(
-                    lambda x: x["resource_type"] == "flavor:instance" and x["flavor_id"] == base["id"]
+                    lambda x: x["resource_type"] == "flavor:instance"
+                    and json.loads(x["resource_properties"])["id"] == base["id"]
                 )
                 if used + amount > self.flavor_capacity.get(base["name"], 0):
                     raise _blazar_err(500, "Not enough hosts available")
-                r.update({"amount": amount, "flavor_id": base["id"], "affinity": req.get("affinity")})
+                if req.get("affinity") is not None:
+                    raise _blazar_err(400, "affinity (not supported for flavor reservations)")
+                # As Chameleon's flavor plugin: the source flavor is kept in resource_properties,
+                # and flavor_id becomes the private flavor made for the reservation.
+                source = {k: v for k, v in base.items() if k != "links"}
+                r.update({"amount": amount, "flavor_id": r["id"], "affinity": None,
+                          "resource_properties": json.dumps(source)})
                 self._add_flavor(
                     r["id"],
                     f"reservation:{r['id']}",
@@ -663,10 +671,12 @@ class FakeChameleon:
                     base["disk"],
                     public=False,
                     extra_specs={
+                        **base["extra_specs"],
                         RESERVATION_SPEC: r["id"],
                         "resources:CUSTOM_RESERVATION_" + r["id"].upper().replace("-", "_"): "1",
                     },
                 )
+                self.flavors[r["id"]]["description"] = f"{name} (ID: {lease_id})"
             else:
                 raise _blazar_err(400, f"Unsupported resource type {rtype} in this fake")
             reservations.append(r)

@@ -240,8 +240,8 @@ def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_
     [lease] = kvm_fake.leases()
     [reservation] = lease["reservations"]
     [public] = [f for f in kvm_fake.flavors_named("m1.large") if f["name"] == "m1.large"]
-    assert (reservation["resource_type"], reservation["flavor_id"], reservation["amount"]) == (
-        "flavor:instance", public["id"], 1)
+    assert (reservation["resource_type"], reservation["amount"]) == ("flavor:instance", 1)
+    assert json.loads(reservation["resource_properties"])["id"] == public["id"], "reserves m1.large"
     [server] = kvm_fake.servers()
     assert server["flavor"]["original_name"] == f"reservation:{reservation['id']}", "on the reserved flavor"
     assert server["key_name"] == KEY
