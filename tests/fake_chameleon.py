@@ -239,25 +239,27 @@ class FakeChameleon:
             self._ip_counter = 10
 
     # ------------------------------------------------------------------ inspection
-    def leases(self):
+    def _snapshot(self, table):
         with self.lock:
-            return copy.deepcopy(list(self._leases.values()))
+            return copy.deepcopy(list(table.values()))
+
+    def leases(self):
+        return self._snapshot(self._leases)
 
     def servers(self):
-        with self.lock:
-            return copy.deepcopy(list(self._servers.values()))
+        return self._snapshot(self._servers)
 
     def floating_ips(self):
-        with self.lock:
-            return copy.deepcopy(list(self._fips.values()))
+        return self._snapshot(self._fips)
 
     def ports(self):
-        with self.lock:
-            return copy.deepcopy(list(self._ports.values()))
+        return self._snapshot(self._ports)
 
     def keypairs(self):
-        with self.lock:
-            return copy.deepcopy(list(self._keypairs.values()))
+        return self._snapshot(self._keypairs)
+
+    def security_groups(self):
+        return self._snapshot(self._secgroups)
 
     def requests_matching(self, method=None, contains=""):
         with self.lock:
@@ -266,10 +268,6 @@ class FakeChameleon:
                 for r in self.requests
                 if (method is None or r["method"] == method) and contains in r["path"]
             ]
-
-    def security_groups(self):
-        with self.lock:
-            return copy.deepcopy(list(self._secgroups.values()))
 
     def flavors_named(self, prefix):
         with self.lock:

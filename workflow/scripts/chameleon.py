@@ -361,25 +361,30 @@ def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], server: A
 
 def ensure_floating_ip(cham: dict[str, Any], state: dict[str, Any], lease: Any, server: Any) -> str:
     """The lease's reserved IP (bare metal), else one allocated for us; recorded before attaching."""
-    from chi.clients import neutron
-
     address = state.get("floating_ip")
     if not address:
         address = _new_floating_ip(cham, state, lease)
         state["floating_ip"] = address
         write_state(state)
-    found = [f for f in neutron().list_floatingips()["floatingips"] if f["floating_ip_address"] == address]
-    if not found:
+    found = _floating_ip(address)
+    if found is None:
         raise ChameleonError(
             f"chameleon: floating IP {address} named in {STATE.relative_to(ROOT)} is gone; "
             "run teardown, then provision again"
         )
-    if not found[0].get("port_id"):
+    if not found.get("port_id"):
         server.associate_floating_ip(address)
         print(f"chameleon: floating IP {address} attached")
     else:
         print(f"chameleon: reusing floating IP {address}")
     return address
+
+
+def _floating_ip(address: str) -> dict[str, Any] | None:
+    from chi.clients import neutron
+
+    found = [f for f in neutron().list_floatingips()["floatingips"] if f["floating_ip_address"] == address]
+    return found[0] if found else None
 
 
 def _new_floating_ip(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> str:
@@ -443,22 +448,12 @@ def teardown(config: dict[str, Any]) -> list[str]:
     if not state:
         print("chameleon: nothing to tear down (no state file)")
         return []
-    check_credentials(
-        settings(
-            {
-                **config,
-                "chameleon": {
-                    **config.get("chameleon", {}),
-                    "site": state.get("site", config["chameleon"]["site"]),
-                },
-            }
-        )
-    )
-    import chi.network
-    from chi.clients import blazar, nova
+    site = state.get("site", config["chameleon"]["site"])  # where the resources are, whatever the config says
+    cham = settings({**config, "chameleon": {**config.get("chameleon", {}), "site": site}})
+    check_credentials(cham)
+    from chi.clients import blazar, neutron, nova
     from novaclient.exceptions import NotFound
 
-    cham = settings(config)
     report: list[str] = []
 
     def done(line: str) -> None:  # printed as it happens, so a failure midway still says what went
@@ -472,15 +467,14 @@ def teardown(config: dict[str, Any]) -> list[str]:
         except NotFound:
             done(f"server {state['server_id']} was already gone")
         if state.get("security_group_id"):  # Nova deletes asynchronously; the group is in use until then
-            _wait_gone(state["server_id"], cham["server_timeout_minutes"] * 60, cham["poll_seconds"])
+            _poll(f"server {state['server_id']} (being deleted)", lambda: _server_status(state["server_id"]),
+                  cham["server_timeout_minutes"] * 60, cham["poll_seconds"], "GONE")
         state.pop("server_id")
         write_state(state)
     if state.get("floating_ip"):
-        found = [
-            f for f in chi.network.list_floating_ips() if f["floating_ip_address"] == state["floating_ip"]
-        ]
+        found = _floating_ip(state["floating_ip"])
         if found:
-            chi.network.deallocate_floating_ip(state["floating_ip"])
+            neutron().delete_floatingip(found["id"])
             done(f"released floating IP {state['floating_ip']}")
         else:
             done(f"floating IP {state['floating_ip']} was already released")
@@ -505,21 +499,15 @@ def teardown(config: dict[str, Any]) -> list[str]:
     return report
 
 
-def _wait_gone(server_id: str, timeout_s: float, interval: float) -> None:
+def _server_status(server_id: str) -> str:
+    """Nova's status for the server, or GONE once it no longer exists."""
     from chi.clients import nova
     from novaclient.exceptions import NotFound
 
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        try:
-            nova().servers.get(server_id)
-        except NotFound:
-            return
-        time.sleep(interval)
-    raise ChameleonError(
-        f"chameleon: server {server_id} was still there after waiting {timeout_s:.0f} s; "
-        "run teardown again to delete the rest"
-    )
+    try:
+        return nova().servers.get(server_id).status
+    except NotFound:
+        return "GONE"
 
 
 def _delete_security_group(group_id: str) -> str:
