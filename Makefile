@@ -42,6 +42,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/run.py --repeat 5
 	$(BIN)/python bench/services.py --sizes 100,1000
+	$(BIN)/python bench/reproduce.py --repeat 3
 
 lock:
 	bash tools/lock.sh

@@ -4,4 +4,4 @@ from reprostack.errors import ReprostackError
 from reprostack.generate import generate
 
 __all__ = ["ReprostackError", "__version__", "generate"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -21,6 +21,10 @@ The project is rendered in a temporary folder and moved into DIR only when every
 it gets a git repository with a first commit, DVC with a local remote beside it (no server), and
 MLflow tracking in a local SQLite store (no server).
 
+The template is the one this reprostack carries (its checkout, or the copy shipped in the
+package), or --template URL at --ref (a tag such as v0.2.0, a branch or a commit). Either way
+.copier-answers.yml names the template by URL and version, so `copier update` works in any clone.
+
 Then: cd DIR && snakemake --cores all    (or: dvc repro)
 """
 
@@ -64,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="folder for the local DVC remote (default: DIR-dvc-remote beside DIR)",
     )
+    new.add_argument(
+        "--template",
+        metavar="URL",
+        help="git URL of the template (e.g. https://github.com/reprostack/reprostack.git); "
+        "default: the template this reprostack carries",
+    )
+    new.add_argument(
+        "--ref",
+        metavar="REF",
+        help="tag, branch or commit of the template (default with --template: its latest release "
+        "tag; without: the local checkout as it is, uncommitted changes included)",
+    )
     return parser
 
 
@@ -96,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             defaults=not interactive,
             force=args.force,
             dvc_remote=args.dvc_remote,
+            template=args.template,
+            ref=args.ref,
             progress=lambda step: print(f"reprostack: {step}", file=sys.stderr, flush=True),
         )
     except ReprostackError as error:

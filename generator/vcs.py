@@ -13,11 +13,13 @@ from reprostack.errors import ReprostackError
 REMOTE_NAME = "local"
 
 
-def init_dvc(root: Path, remote: Path, final_root: Path) -> None:
-    """`dvc init` (in-process: no second interpreter start) and a default local remote.
+def init_dvc(root: Path, remote: Path) -> None:
+    """`dvc init` (in-process: no second interpreter start) and this machine's local remote.
 
-    DVC reads a relative remote URL relative to the folder of the config file, so the path is
-    written relative to `final_root/.dvc`: it stays right after the project is moved into place.
+    The local folder remote is the author's machine's business, so it goes to .dvc/config.local
+    (never committed) as an absolute path: a moved project keeps its remote, and a clone elsewhere
+    does not inherit a path that means nothing there. The committed .dvc/config names only the
+    shared remotes a reviewer reads; `publish` writes them.
     """
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     _git(root, "init", "--quiet", "--initial-branch=main")
@@ -28,16 +30,9 @@ def init_dvc(root: Path, remote: Path, final_root: Path) -> None:
             Repo.init(str(root)).close()
     except Exception as error:  # DVC raises many types; all mean the same to the user here
         raise ReprostackError(f"dvc init failed in '{root}': {error}") from error
-    # Written as text, not through DVC's config API, which re-bases relative paths on the
-    # current directory: this one must stay relative to final_root/.dvc.
-    url = os.path.relpath(remote, final_root / ".dvc")
-    (root / ".dvc" / "config").write_text(
-        "[core]\n"
-        "    analytics = false\n"
-        "    autostage = true\n"
-        f"    remote = {REMOTE_NAME}\n"
-        f"['remote \"{REMOTE_NAME}\"']\n"
-        f"    url = {url}\n"
+    (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n    autostage = true\n")
+    (root / ".dvc" / "config.local").write_text(
+        f"[core]\n    remote = {REMOTE_NAME}\n['remote \"{REMOTE_NAME}\"']\n    url = {remote}\n"
     )
 
 

@@ -148,3 +148,30 @@ def hf_hub(hub: FakeHub) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _hub_handler(hub))
     with _serve(server):
         yield f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on loopback (it enforces bucket policies for anonymous requests, as S3 does);
+    yields the endpoint URL."""
+    import sys
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

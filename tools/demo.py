@@ -1,10 +1,11 @@
 """The reference case, in three steps that the root Snakefile and dvc.yaml both call.
 
 generate:  render the example project with default answers into build/example
-reproduce: run its pipeline (snakemake --cores all), publish the results as its reference and
-           commit them, as an author would
-check:     recompute everything from raw data (--forceall) as a reviewer would; fail unless
-           verify passes, the MLflow run is complete and consistent, and DVC is up to date
+reproduce: run its pipeline (snakemake --cores all) and publish the results as its reference
+           (snakemake -c1 publish commits them), as an author would
+check:     clone it into build/review and run `snakemake --cores all` there, as a reviewer would:
+           everything is recomputed; fail unless verify passes, the reviewer's MLflow run is
+           complete and consistent, and DVC is up to date
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "build" / "example"
+REVIEW = ROOT / "build" / "review"
 OUT = ROOT / "build" / "demo"
 MIN_ACCURACY = 0.9
 
@@ -43,20 +45,19 @@ def generate() -> None:
 
 def reproduce() -> None:
     subprocess.run(["snakemake", "--cores", "all"], cwd=EXAMPLE, check=True)
-    _run([sys.executable, "workflow/scripts/publish_reference.py"], EXAMPLE)
-    _run(["git", "add", "-A"], EXAMPLE)
-    _run(["git", "-c", "user.name=reprostack demo", "-c", "user.email=demo@localhost",
-          "commit", "-qm", "Reference results"], EXAMPLE)
+    subprocess.run(["snakemake", "--cores", "1", "publish"], cwd=EXAMPLE, check=True)
     shutil.copyfile(EXAMPLE / "results" / "metrics.json", OUT / "metrics.json")
 
 
 def check() -> None:
-    subprocess.run(["snakemake", "--cores", "all", "--forceall"], cwd=EXAMPLE, check=True)
-    verified = json.loads((EXAMPLE / "results" / "verify.json").read_text())
-    metrics = json.loads((EXAMPLE / "results" / "metrics.json").read_text())
-    run = json.loads((EXAMPLE / "results" / "run.json").read_text())
-    head = _run(["git", "rev-parse", "HEAD"], EXAMPLE).strip()
-    with sqlite3.connect(EXAMPLE / "mlruns.db") as db:
+    shutil.rmtree(REVIEW, ignore_errors=True)
+    _run(["git", "clone", "--quiet", str(EXAMPLE), str(REVIEW)], ROOT)
+    subprocess.run(["snakemake", "--cores", "all"], cwd=REVIEW, check=True)
+    verified = json.loads((REVIEW / "results" / "verify.json").read_text())
+    metrics = json.loads((REVIEW / "results" / "metrics.json").read_text())
+    run = json.loads((REVIEW / "results" / "run.json").read_text())
+    head = _run(["git", "rev-parse", "HEAD"], REVIEW).strip()
+    with sqlite3.connect(REVIEW / "mlruns.db") as db:
         logged = dict(db.execute(
             "SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run["run_id"],)
         ).fetchall())
@@ -74,7 +75,9 @@ def check() -> None:
         problems.append(f"git.commit tag {tags.get('git.commit')} is not HEAD {head}")
     if metrics["accuracy"] < MIN_ACCURACY:
         problems.append(f"accuracy {metrics['accuracy']} < {MIN_ACCURACY}")
-    dvc_status = _run(["dvc", "status"], EXAMPLE)
+    if tags.get("environment.workdir") != str(REVIEW):
+        problems.append(f"environment recorded in {tags.get('environment.workdir')}, not the clone")
+    dvc_status = _run(["dvc", "status"], REVIEW)
     if "up to date" not in dvc_status:
         problems.append(f"dvc status: {dvc_status.strip()}")
     if problems:
@@ -82,7 +85,7 @@ def check() -> None:
     _write("check.json", {"run_id": run["run_id"], "metrics": metrics, "git_commit": head,
                           "front_end": tags.get("front_end"), "dvc_status": "up to date",
                           "verify": verified["status"], "model_identical": verified["model_identical"]})
-    print(f"demo: OK, recomputed from raw data and verified against the reference: accuracy "
+    print(f"demo: OK, a fresh clone recomputed everything and verified it against the reference: accuracy "
           f"{metrics['accuracy']:.4f}, model files identical: {verified['model_identical']}, "
           f"MLflow run {run['run_id']}")
 

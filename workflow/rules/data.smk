@@ -1,7 +1,10 @@
 rule data:
-    # Fetch the pinned source, verify its pin or checksum, hash every file.
+    # The pinned raw data: pulled from the DVC remote when dvc.lock pins it for this config (checked
+    # on download), else fetched from its source and verified against its pin; every file hashed.
     input:
+        "results/environment.json",
         "workflow/scripts/data.py",
+        "workflow/scripts/storage.py",
         f"{PKG}/data.py",
     output:
         directory("data/raw"),
@@ -16,6 +19,7 @@ rule prepare:
     # Seeded, stratified train/test split.
     input:
         "data/raw",
+        "results/environment.json",
         "workflow/scripts/prepare.py",
         f"{PKG}/data.py",
     output:

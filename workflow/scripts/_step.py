@@ -31,9 +31,27 @@ def load_dotenv() -> None:
     load(ROOT)
 
 
+def refuse_unmerged(root: Path = ROOT) -> None:
+    """Stop, naming the files, while `copier update` (or a merge) has left conflicts unresolved.
+
+    Copier leaves inline conflict markers and marks the files unmerged in git's index; reading such
+    a config would fail obscurely or, worse, run with half of each side.
+    """
+    import subprocess
+
+    proc = subprocess.run(["git", "ls-files", "--unmerged"], cwd=root, capture_output=True, text=True)
+    files = sorted({line.split("\t", 1)[1] for line in proc.stdout.splitlines() if "\t" in line})
+    if files:
+        raise ConfigError(
+            f"unresolved merge conflicts in {', '.join(files)} (left by `copier update` or a merge): "
+            "edit out the <<<<<<< ======= >>>>>>> markers, then `git add` the files; nothing was run"
+        )
+
+
 def load_config(path: Path = CONFIG) -> dict[str, Any]:
     import jsonschema
 
+    refuse_unmerged()
     config = yaml.safe_load(path.read_text())
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))

@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-# Not pipeline steps: the default target, and the Chameleon rules, which act on the testbed.
-SKIP_RULES = {"all", "plan", "provision", "configure", "remote_run", "collect", "teardown"}
+# Not pipeline steps: the default target, publish (acts on git and the remote), and the Chameleon
+# rules, which act on the testbed.
+SKIP_RULES = {"all", "publish", "plan", "provision", "configure", "remote_run", "collect", "teardown"}
 
 
 def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:

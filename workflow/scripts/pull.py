@@ -1,17 +1,14 @@
-"""Fetch data and models from the DVC remote, then align modification times for Snakemake.
+"""Fetch the author's data and models from the DVC remote into this working copy, to inspect them.
 
-Without the remote (no credentials, a fresh machine) nothing is lost: every result can be
-recomputed from the original, pinned data source, and `verify` checks it against reference/.
+Reproducing does not need this: `snakemake --cores all` (or `dvc repro`) pulls only the raw data
+it needs and recomputes everything else; pulled outputs never stand in for recomputed ones (the
+environment step of a fresh working copy makes every later step run again).
 """
 
-from storage import ROOT, transfer
-from sync_mtimes import sync
+from storage import transfer
 
-transfer(
+print(transfer(
     "pull",
-    "the DVC remote '{remote}' is unreachable or incomplete{reason}.\n"
-    "  You can still reproduce everything from the original data source and verify it:\n"
-    "    snakemake --cores all --forceall     (or: dvc repro --force)",
-)
-for stage, state in sync(ROOT).items():
-    print(f"pull: {stage}: {state}")
+    "the DVC remote '{remote}' is unreachable or incomplete{reason}. Nothing is lost: "
+    "`snakemake --cores all` recomputes everything from the pinned data source and verifies it.",
+) or "pull: everything is up to date")

@@ -136,7 +136,7 @@ def collect(config: dict) -> dict:
         target.parent.mkdir(parents=True, exist_ok=True)
         node.get(f"{PROJECT}/{rel}", target)
     sys.path.insert(0, str(Path(__file__).parent))
-    from sync_mtimes import commit_complete_stages
+    from stages import commit_complete_stages
 
     commit_complete_stages(ROOT)
     run = json.loads((ROOT / "results" / "run.json").read_text())

@@ -1,15 +1,21 @@
-"""The DVC remote follows config/config.yaml's storage switch; credentials stay out of git.
+"""The DVC remotes: which one this machine uses, which one a stranger reads, and moving data.
 
-storage.mode local: the folder remote made at creation ('local' in .dvc/config).
-storage.mode s3: a remote 's3' (s3://BUCKET/dvc with endpointurl) becomes the default; the keys
-from .env go to .dvc/config.local, which DVC keeps out of git. Cheap when nothing changed (one
-config read), so the Snakefile and the pull/push helpers call it every time.
+Two files, two audiences:
+- `.dvc/config` (committed) holds only what a reviewer of the published repository needs: the
+  shared remote `shared` (S3: bucket and endpoint, no keys) and, when `storage.public_url` is set,
+  `public`, a read-only HTTP(S) view of the same bucket that needs no credentials. Written by
+  `publish`, never during a run, so a run does not make the tree dirty.
+- `.dvc/config.local` (never committed) holds this machine's choices: the author's local folder
+  remote (an absolute path, made at creation), the keys from .env, and the default remote that
+  `storage.mode` selects. Rewritten cheaply on every run (one read when nothing changed).
 """
 
 from __future__ import annotations
 
 import configparser
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +24,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-S3_REMOTE = "s3"
+SHARED = "shared"
+PUBLIC = "public"
+LOCAL = "local"
 
 
 def load_dotenv(root: Path = ROOT) -> None:
@@ -31,7 +39,7 @@ def load_dotenv(root: Path = ROOT) -> None:
             os.environ.setdefault(key, value)
 
 
-def _read(path: Path) -> dict[str, dict[str, str]]:
+def read(path: Path) -> dict[str, dict[str, str]]:
     """DVC's config as {section: {key: value}}; DVC quotes some section names ('remote "x"')."""
     parser = configparser.ConfigParser()
     if path.exists():
@@ -42,53 +50,205 @@ def _read(path: Path) -> dict[str, dict[str, str]]:
 def _dvc(*args: str, root: Path) -> None:
     proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"storage: dvc {' '.join(args[:3])} failed: {proc.stderr.strip()}")
+        raise SystemExit(f"storage: dvc {' '.join(args[:3])} failed: {last_line(proc)}")
 
 
-def wanted(storage: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    if storage["mode"] == "s3":
-        return S3_REMOTE, {"url": f"s3://{storage['bucket']}/dvc", "endpointurl": storage["endpoint"]}
-    return "local", {}
+def last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """DVC's own reason: the last ERROR line, without its support banner."""
+    lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+    lines = [line for line in lines if not re.search(r"dvc\.org/support|Having any troubles", line)]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1].removeprefix("ERROR: ").strip()
 
 
-def sync_remote(root: Path = ROOT, storage: dict[str, Any] | None = None) -> str:
-    """Make the DVC default remote match the config; returns the remote's name."""
+def _section(name: str) -> str:
+    return f'remote "{name}"'
+
+
+def shared_settings(storage: dict[str, Any]) -> dict[str, str]:
+    """The S3 remote for storage.mode s3 and for publishing."""
+    return {"url": f"s3://{storage['bucket']}/dvc", "endpointurl": storage["endpoint"]}
+
+
+def _ensure(root: Path, name: str, settings: dict[str, str], local: bool) -> None:
+    path = root / ".dvc" / ("config.local" if local else "config")
+    current = read(path)
+    section = _section(name)
+    flag = ["--local"] if local else []
+    if section not in current:
+        _dvc("remote", "add", *flag, name, settings["url"], root=root)
+        current = read(path)
+    for key, value in settings.items():
+        if current.get(section, {}).get(key) != value:
+            _dvc("remote", "modify", *flag, name, key, value, root=root)
+
+
+def sync_remote(root: Path = ROOT, storage: dict[str, Any] | None = None) -> str | None:
+    """Make this machine's default remote follow storage.mode (only .dvc/config.local is written).
+
+    Returns the remote's name, or None when this machine has none (a fresh clone in local mode).
+    """
     if storage is None:
         storage = yaml.safe_load((root / "config" / "config.yaml").read_text())["storage"]
-    name, settings = wanted(storage)
-    current = _read(root / ".dvc" / "config")
-    section = f'remote "{name}"'
-    if settings:
-        have = current.get(section, {})
-        if section not in current:
-            _dvc("remote", "add", name, settings["url"], root=root)
-        for key, value in settings.items():
-            if have.get(key) != value:
-                _dvc("remote", "modify", name, key, value, root=root)
+    local = read(root / ".dvc" / "config.local")
+    chosen = local.get("core", {}).get("remote")
+    name: str | None = None
+    if storage["mode"] == "s3":
         load_dotenv(root)
-        local = _read(root / ".dvc" / "config.local")
         keys = {"access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
                 "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY")}
-        have_local = local.get(section, {})
-        for key, value in keys.items():
-            if value and have_local.get(key) != value:
-                _dvc("remote", "modify", "--local", name, key, value, root=root)
-    if current.get("core", {}).get("remote") != name:
-        _dvc("remote", "default", name, root=root)
-    return name
+        if all(keys.values()):
+            _ensure(root, SHARED, {**shared_settings(storage), **keys}, local=True)
+            (root / ".dvc" / "config.local").chmod(0o600)  # it holds the S3 secret
+            name = SHARED
+        elif chosen == SHARED:
+            # No keys here (a reviewer): read what the author published instead.
+            _dvc("remote", "default", "--local", "--unset", root=root)
+    elif _section(LOCAL) in local:
+        name = LOCAL
+    if name and chosen != name:
+        _dvc("remote", "default", "--local", name, root=root)
+    return name or default_remote(root)
 
 
-def transfer(verb: str, failure: str, root: Path = ROOT) -> str:
+def default_remote(root: Path = ROOT) -> str | None:
+    """The remote DVC uses here: this machine's choice, else the published one."""
+    for name in ("config.local", "config"):
+        remote = read(root / ".dvc" / name).get("core", {}).get("remote")
+        if remote:
+            return remote
+    return None
+
+
+def publish_remotes(root: Path, storage: dict[str, Any]) -> str | None:
+    """Write the remotes a stranger reads into the committed .dvc/config; returns its default.
+
+    s3 mode: `shared` (no keys) and, with storage.public_url, `public` over HTTP(S), checked on
+    download (verify) so a tampered object is refused. local mode: none (reviewers fetch the raw
+    data from its pin).
+    """
+    if storage["mode"] != "s3":
+        return None
+    _ensure(root, SHARED, shared_settings(storage), local=False)
+    default = SHARED
+    if storage.get("public_url"):
+        _ensure(root, PUBLIC, {"url": storage["public_url"].rstrip("/"), "verify": "true"}, local=False)
+        default = PUBLIC
+    if read(root / ".dvc" / "config").get("core", {}).get("remote") != default:
+        _dvc("remote", "default", default, root=root)
+    return default
+
+
+def transfer(verb: str, failure: str, root: Path = ROOT, remote: str | None = None,
+             targets: tuple[str, ...] = ()) -> str:
     """`dvc push|pull` with the remote storage.mode selects; on failure exit with `failure`, which
-    may name the remote as {remote}, followed by DVC's own last line."""
+    may name the remote as {remote}, followed by DVC's own reason."""
+    load_dotenv(root)
+    remote = remote or sync_remote(root)
+    if remote is None:
+        sys.exit(f"{verb}: no DVC remote is set on this machine (storage.mode local and no published "
+                 "remote); set storage.mode: s3 or add one with `dvc remote add -d --local NAME URL`")
+    proc = subprocess.run(["dvc", verb, "--remote", remote, *targets], cwd=root, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{verb}: " + failure.format(remote=remote, reason=f" ({last_line(proc)})"))
+    return proc.stdout.strip()
+
+
+class _Corrupted(logging.Handler):
+    """Collects the objects DVC refused on download because their content did not match their hash."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.paths: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.search(r"corrupted cache file '([^']+)'", record.getMessage())
+        if match:
+            self.paths.append(match.group(1))
+
+
+class Tampered(SystemExit):
+    """The shared remote served data whose content does not match dvc.lock."""
+
+
+def _lock_entry(root: Path, stage: str, out: str) -> dict[str, Any] | None:
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return None
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage)
+    if not entry:
+        return None
+    for item in entry.get("outs", []):
+        if item.get("path") == out:
+            return {"params": entry.get("params", {}), "out": item}
+    return None
+
+
+def restore_output(root: Path, stage: str, out: str, params: dict[str, Any]) -> str | None:
+    """Pull `out` of `stage` from the DVC remote when dvc.lock pins it for exactly these params.
+
+    Returns where it came from, or None (with a one-line reason on stderr) when it must be made
+    afresh: no lock entry, other params, no remote, an unreachable or incomplete remote, missing
+    credentials. Raises Tampered, naming the file, when the remote serves content that does not
+    match dvc.lock (DVC checks each object on download: remotes are configured with verify).
+    """
+    entry = _lock_entry(root, stage, out)
+    if entry is None or entry["params"].get("config/config.yaml") != params:
+        return None
     load_dotenv(root)
     remote = sync_remote(root)
-    proc = subprocess.run(["dvc", verb, "--remote", remote], cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = f" ({detail[-1]})" if detail else ""
-        sys.exit(f"{verb}: " + failure.format(remote=remote, reason=reason))
-    return proc.stdout.strip()
+    if remote is None:
+        print(f"{stage}: no DVC remote here; fetching from the pinned source", file=sys.stderr)
+        return None
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    handler = _Corrupted()
+    # DVC logs the refusal at DEBUG from this logger: listen to it alone, and keep it off DVC's own
+    # handlers so nothing else becomes verbose.
+    logger = logging.getLogger("dvc_data.hashfile.db")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        with Repo(str(root)) as repo:
+            repo.pull(targets=[out], remote=remote)
+    except DvcException as error:
+        if handler.paths:
+            raise Tampered(_tamper_message(root, remote, entry["out"], handler.paths)) from None
+        reason = " ".join(str(error).split()) or type(error).__name__
+        if error.__cause__ is not None:
+            reason += f": {' '.join(str(error.__cause__).split())[:200]}"
+        print(f"{stage}: could not pull {out} from the DVC remote '{remote}' ({reason}); fetching from "
+              "the pinned source instead", file=sys.stderr)
+        return None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        logger.propagate = True
+    return f"pulled from the DVC remote '{remote}', checked against dvc.lock ({entry['out'].get('md5')})"
+
+
+def _tamper_message(root: Path, remote: str, out: dict[str, Any], paths: list[str]) -> str:
+    """Name the files whose objects were refused, via the directory listing dvc.lock pins."""
+    import json
+
+    names = {Path(p).parent.name + Path(p).name: p for p in paths}
+    files: list[str] = []
+    listing_hash = str(out.get("md5", ""))
+    if listing_hash.endswith(".dir"):
+        listing = root / ".dvc" / "cache" / "files" / "md5" / listing_hash[:2] / listing_hash[2:]
+        if listing.exists():
+            for item in json.loads(listing.read_text()):
+                if item["md5"] in names:
+                    files.append(f"{out['path']}/{item['relpath']} (expected md5 {item['md5']})")
+    if not files:
+        files = [f"{out['path']} (objects {', '.join(sorted(names))})"]
+    return (f"data: the DVC remote '{remote}' serves data that does not match dvc.lock: "
+            + "; ".join(files) + ". Nothing from it was used; tell the author (the remote, not your "
+            "clone, holds the altered data).")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ verify.plot_curves(ROOT, ROOT / "results" / "curves.png")
 project("tracking")[1].link_report(ROOT, config, result)
 
 if result["status"] == "no-reference":
-    print("verify: no reference results yet; make this run the reference with "
-          "`python workflow/scripts/publish_reference.py` and commit reference/", file=sys.stderr)
+    print("verify: no reference results in this commit (reference/ holds none), so nothing was "
+          "compared; authors make this run the reference with `snakemake -c1 publish`", file=sys.stderr)
+elif result["status"] == "invalid-reference":
+    sys.exit("\n".join(["verify: the committed reference cannot be trusted; nothing was compared:",
+                        *(f"  {problem}" for problem in result["differences"]),
+                        "  report: results/report.md"]))
 elif result["status"] == "failed":
     lines = ["verify: results differ from the reference:"]
     lines += [f"  metric {r['metric']}: expected {r['expected']}, found {r['found']}, "

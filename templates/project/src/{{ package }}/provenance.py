@@ -135,9 +135,22 @@ def _framework_build() -> dict[str, Any]:
 
 
 def environment(root: Path = ROOT) -> dict[str, Any]:
-    """Software and hardware facts for results/environment.json (no timestamps: deterministic)."""
+    """Software and hardware facts for results/environment.json, and where and when they were taken.
+
+    `recorded` makes each record unique to one working copy and moment, on purpose: the steps
+    after it depend on this file, so a fresh clone recomputes everything on its own machine even
+    when someone pulled the author's outputs, with `dvc repro` as with Snakemake.
+    """
+    import datetime
+    import socket
+
     lock = root / "requirements.lock"
     return {
+        "recorded": {
+            "host": socket.gethostname(),
+            "workdir": str(root.resolve()),
+            "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        },
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
         "os": {"name": _os_name(), "kernel": platform.release(), "machine": platform.machine()},
         "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count()},

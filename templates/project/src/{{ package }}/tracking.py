@@ -31,6 +31,43 @@ def tracking_uri(root: Path, tracking: dict[str, Any]) -> str:
     return uri
 
 
+def relocate_store(root: Path, tracking: dict[str, Any]) -> None:
+    """Keep the local store inside a moved or copied project.
+
+    MLflow writes absolute artifact paths into its store (experiments, runs, logged models) and
+    has no relative form; after the project moved, those paths would still name the old folder,
+    and new artifacts would be written there. Rewrite the old root to the current one, in place.
+    """
+    if tracking["mode"] != "local" or not tracking["uri"].startswith("sqlite:///"):
+        return
+    database = Path(tracking_uri(root, tracking)[len("sqlite:///"):])
+    if not database.exists():
+        return
+    import sqlite3
+
+    artifacts = (root / tracking.get("artifacts", "mlartifacts")).resolve()
+    with sqlite3.connect(database) as db:
+        row = db.execute("SELECT artifact_location FROM experiments WHERE name = ?",
+                         (tracking["experiment"],)).fetchone()
+        if row is None or not row[0]:
+            return
+        old = Path(row[0].removeprefix("file://"))
+        if old.name != artifacts.name or old.parent == artifacts.parent:
+            return
+        before, after = str(old.parent), str(artifacts.parent)
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [c[1] for c in db.execute(f"PRAGMA table_info('{table}')") if "artifact" in c[1]]
+            for column in columns:
+                for prefix in (before, f"file://{before}"):
+                    new_prefix = prefix.replace(before, after, 1)
+                    db.execute(
+                        f"UPDATE '{table}' SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (new_prefix, len(prefix) + 1, len(prefix) + 1, prefix + "/"),
+                    )
+
+
 def redact(uri: str) -> str:
     """A URI without its password, for anything that is logged or recorded."""
     parts = urlsplit(uri)
@@ -143,6 +180,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     image = _read(results / "image.json")
 
     tracking = config["tracking"]
+    relocate_store(root, tracking)
     uri = tracking_uri(root, tracking)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -160,6 +198,9 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "command_line": launcher["command_line"],
         "data.source": data_record["source"],
         "data.sha256": data_record["sha256"],
+        "environment.host": environment["recorded"]["host"],
+        "environment.workdir": environment["recorded"]["workdir"],
+        "environment.recorded_at": environment["recorded"]["at"],
         "hardware.cpu": environment["cpu"]["model"],
         "hardware.gpu": gpu_names,
         "hardware.os": environment["os"]["name"],
@@ -239,6 +280,7 @@ def link_report(root: Path, config: dict[str, Any], result: dict[str, Any]) -> N
     from mlflow.tracking import MlflowClient
 
     run_id = _read(run_file)["run_id"]
+    relocate_store(root, config["tracking"])
     client = MlflowClient(tracking_uri(root, config["tracking"]))
     try:
         client.get_run(run_id)

@@ -1,6 +1,6 @@
 """Compare a run with the committed reference results, and explain any difference.
 
-The reference (reference/, committed by `python workflow/scripts/publish_reference.py`) holds the
+The reference (reference/, committed by `snakemake -c1 publish`) holds the
 metrics, the per-epoch history, dvc.lock and a provenance summary. A run verifies when every
 metric is within its tolerance (exact by default; `verify.gpu_tolerance` applies when either run
 trained on a GPU). Whatever the outcome, the report says what differs: parameters, data hashes,
@@ -91,15 +91,56 @@ def _tolerances(config: dict[str, Any], gpu: bool) -> dict[str, float]:
     return {**section.get("tolerance", {}), **(section.get("gpu_tolerance", {}) if gpu else {})}
 
 
+REFERENCE_FILES = ("metrics.json", "history.json", "dvc.lock", "provenance.json")
+# Files of the reference whose content hash the reference's own dvc.lock records (stage, path).
+HASHED = {"metrics.json": "results/metrics.json", "history.json": "results/history.json"}
+
+
+def reference_problems(ref_dir: Path) -> list[str] | None:
+    """None when no reference is published; else what is missing or altered (empty: sound).
+
+    The reference's dvc.lock, written by publish, records the md5 of the metrics and history it
+    was made with: a reference edited afterwards, or committed in part, is named here.
+    """
+    present = [name for name in REFERENCE_FILES if (ref_dir / name).exists()]
+    if not present:
+        return None
+    problems = [f"reference/{name} is missing from this commit (published in part?)"
+                for name in REFERENCE_FILES if name not in present]
+    if problems:
+        return problems
+    import yaml
+
+    try:
+        lock = yaml.safe_load((ref_dir / "dvc.lock").read_text()) or {}
+        recorded = {out["path"]: out.get("md5") for stage in lock.get("stages", {}).values()
+                    for out in stage.get("outs", [])}
+    except (yaml.YAMLError, AttributeError, TypeError, KeyError):
+        return ["reference/dvc.lock is not a dvc.lock file"]
+    for name, path in HASHED.items():
+        found = hashlib.md5((ref_dir / name).read_bytes()).hexdigest()
+        if recorded.get(path) and recorded[path] != found:
+            problems.append(f"reference/{name} was altered after publishing: its md5 is {found}, "
+                            f"reference/dvc.lock records {recorded[path]} for {path}")
+    for name in ("metrics.json", "provenance.json"):
+        try:
+            json.loads((ref_dir / name).read_text())
+        except ValueError as error:
+            problems.append(f"reference/{name} is not valid JSON ({error})")
+    return problems
+
+
 def compare(root: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything the report and the exit status need; 'status' is ok, failed or no-reference."""
+    """Everything the report and the exit status need; 'status' is ok, failed, invalid-reference
+    or no-reference."""
     ref_dir = root / REFERENCE
-    reference = _read(ref_dir / "provenance.json")
     now = snapshot(root, config)
     metrics = _read(root / "results" / "metrics.json")
-    if reference is None:
-        return {"status": "no-reference", "metrics": [], "differences": [], "now": now,
-                "reference": None, "current_metrics": metrics}
+    problems = reference_problems(ref_dir)
+    if problems is None or problems:
+        return {"status": "no-reference" if problems is None else "invalid-reference", "metrics": [],
+                "differences": problems or [], "now": now, "reference": None, "current_metrics": metrics}
+    reference = _read(ref_dir / "provenance.json")
     expected = _read(ref_dir / "metrics.json")
     gpu = "cuda" in (now.get("device"), reference.get("device"))
     tolerances = _tolerances(config, gpu)
@@ -171,12 +212,16 @@ def plot_curves(root: Path, path: Path) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    status = {"ok": "VERIFIED", "failed": "NOT REPRODUCED",
+    status = {"ok": "VERIFIED", "failed": "NOT REPRODUCED", "invalid-reference": "REFERENCE INVALID",
               "no-reference": "NO REFERENCE YET"}[result["status"]]
     lines = [f"# Reproduction report: {status}", ""]
     if result["status"] == "no-reference":
         lines += ["No reference results are committed yet. To make this run the reference:",
-                  "`python workflow/scripts/publish_reference.py`, then commit `reference/`.", ""]
+                  "`snakemake -c1 publish` (it commits `reference/`).", ""]
+    elif result["status"] == "invalid-reference":
+        lines += ["The committed reference cannot be trusted, so nothing was compared:", ""]
+        lines += [f"- {problem}" for problem in result["differences"]]
+        lines += [""]
     else:
         lines += ["## Metrics", "", "| metric | reference | this run | tolerance | |",
                   "| --- | --- | --- | --- | --- |"]
