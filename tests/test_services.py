@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +94,11 @@ def test_run_lands_in_postgres_and_the_bucket(stacked: tuple[Project, dict[str, 
             assert cur.fetchall() == [(head,)]
             cur.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = %s", (run_id,))
             assert dict(cur.fetchall())["accuracy"] == project.json("results/metrics.json")["accuracy"]
+            # The run rewrote no tracked file (the S3 remote goes to .dvc/config.local): not dirty.
+            cur.execute("SELECT value FROM tags WHERE run_uuid = %s AND key = 'git.dirty'", (run_id,))
+            assert cur.fetchall() == [("false",)]
+    assert project.run("git", "status", "--porcelain", "--", ".dvc").stdout == ""
+    assert (project.path / ".dvc" / "config.local").stat().st_mode & 0o777 == 0o600
     objects = keys(project, ports["s3"], "mlflow")
     for name in ("provenance/git.diff", "provenance/pip-freeze.txt", "provenance/environment.json",
                  "reproduction/report.md"):
@@ -197,3 +203,33 @@ def test_no_secret_reaches_git_logs_mlflow_or_the_bucket(stacked: tuple[Project,
     assert any(name.startswith(".snakemake/log/") for name in haystacks)
     leaks = [name for name, blob in haystacks.items() for v in values if v.encode() in blob]
     assert leaks == []
+
+
+def test_concurrent_first_runs_share_one_new_experiment(
+    stacked: tuple[Project, dict[str, int]], tmp_path: Path
+) -> None:
+    """Four clients create the same new experiment at the same moment: one creates it, the others
+    find it (MLflow answers RESOURCE_ALREADY_EXISTS to the losers); all get the same id."""
+    project, _ = stacked
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    script = (
+        "import os, sys, time; from pathlib import Path\n"
+        "sys.path.insert(0, 'src'); sys.path.insert(0, 'workflow/scripts')\n"
+        "from _step import load_config, load_dotenv\n"
+        "from mlflow.tracking import MlflowClient\n"
+        "from digits_repro import tracking\n"
+        "load_dotenv(); config = load_config()\n"
+        "config['tracking']['experiment'] = sys.argv[1]\n"
+        "client = MlflowClient(config['tracking']['server_uri'])\n"
+        "ready = Path(sys.argv[2]); (ready / str(os.getpid())).touch()\n"
+        "while len(list(ready.iterdir())) < 4: time.sleep(0.005)\n"  # a barrier: all start at once
+        "print(tracking._experiment(client, Path('.'), config))\n"
+    )
+    name = f"race-{os.getpid()}-{int(time.time())}"
+    procs = [subprocess.Popen(["python", "-c", script, name, str(ready)], cwd=project.path, env=project.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err[-500:] for _, err in results]
+    ids = {out.strip() for out, _ in results}
+    assert len(ids) == 1 and ids != {""}

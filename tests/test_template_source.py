@@ -190,6 +190,14 @@ def test_copier_update_conflict_is_left_unmerged(
     assert "<<<<<<< " in config and "=======" in config and ">>>>>>> " in config
     assert "test_size: 0.3   # mine" in config and V2_COMMENT in config
     assert answers_of(project)["_commit"] == "v0.2.0"
+    # Neither front end reads a half-merged config: one line naming the file, nothing run.
+    for cmd in (["snakemake", "--cores", "1", "-n"], ["python", "workflow/scripts/environment.py"]):
+        refused = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+        assert refused.returncode != 0
+        assert ("unresolved merge conflicts in config/config.yaml (left by `copier update` or a merge)"
+                in refused.stderr), refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert not (project / "results").exists()
 
 
 @pytest.mark.slow

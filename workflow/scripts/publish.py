@@ -7,7 +7,8 @@ written before the data is safely on the shared remote):
 1. the working tree holds no uncommitted code or config (the reference must name the code that
    made it);
 2. every pipeline stage is up to date (Snakemake has just brought them up to date: this rule
-   depends on the run record);
+   depends on the run record; run it through Snakemake, which decides what is stale, since DVC
+   only records what Snakemake produced);
 3. data and models are pushed to this machine's DVC remote (storage.mode s3: the shared bucket);
 4. the committed .dvc/config names the remote a stranger reads (storage.public_url: read-only
    HTTP(S), checked here without credentials; else the S3 remote, with read-only keys the
@@ -26,9 +27,6 @@ from _step import ROOT, project
 from stages import commit_complete_stages
 from storage import PUBLIC, last_line, publish_remotes, sync_remote, transfer
 
-# What publish itself writes or DVC maintains; anything else uncommitted stops it.
-OWN = ("reference/", "dvc.lock", ".dvc/config", ".gitignore")
-
 
 def fail(message: str) -> None:
     sys.exit(f"publish: {message}")
@@ -41,10 +39,15 @@ def git(*args: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def ours(path: str) -> bool:
+    """What publish itself writes, or DVC maintains; anything else uncommitted stops it."""
+    return path.startswith("reference/") or path in ("dvc.lock", ".dvc/config") or path.endswith(".gitignore")
+
+
 def uncommitted() -> list[str]:
     lines = git("status", "--porcelain", "--untracked-files=all").splitlines()
     paths = [line[3:].split(" -> ")[-1].strip('"') for line in lines]
-    return [p for p in paths if not (p.startswith(OWN[0]) or p in OWN[1:3] or p.endswith(OWN[3]))]
+    return [path for path in paths if not ours(path)]
 
 
 def stale_stages() -> list[str]:

@@ -125,6 +125,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _experiment(client: Any, root: Path, config: dict[str, Any]) -> str:
+    """The experiment's id, created on first use. Two first runs at once race to create it: the
+    loser gets RESOURCE_ALREADY_EXISTS and takes the winner's."""
+    from mlflow.exceptions import MlflowException
+
     tracking = config["tracking"]
     found = client.get_experiment_by_name(tracking["experiment"])
     if found is not None:
@@ -132,7 +136,13 @@ def _experiment(client: Any, root: Path, config: dict[str, Any]) -> str:
     location = None
     if tracking["mode"] == "local":
         location = (root / tracking.get("artifacts", "mlartifacts")).resolve().as_uri()
-    return client.create_experiment(tracking["experiment"], artifact_location=location)
+    try:
+        return client.create_experiment(tracking["experiment"], artifact_location=location)
+    except MlflowException as error:
+        found = client.get_experiment_by_name(tracking["experiment"])
+        if error.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            raise
+        return found.experiment_id
 
 
 def _read(path: Path) -> Any:
