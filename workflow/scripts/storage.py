@@ -139,8 +139,7 @@ def publish_remotes(root: Path, storage: dict[str, Any]) -> str | None:
     return default
 
 
-def transfer(verb: str, failure: str, root: Path = ROOT, remote: str | None = None,
-             targets: tuple[str, ...] = ()) -> str:
+def transfer(verb: str, failure: str, root: Path = ROOT, remote: str | None = None) -> str:
     """`dvc push|pull` with the remote storage.mode selects; on failure exit with `failure`, which
     may name the remote as {remote}, followed by DVC's own reason."""
     load_dotenv(root)
@@ -148,8 +147,7 @@ def transfer(verb: str, failure: str, root: Path = ROOT, remote: str | None = No
     if remote is None:
         sys.exit(f"{verb}: no DVC remote is set on this machine (storage.mode local and no published "
                  "remote); set storage.mode: s3 or add one with `dvc remote add -d --local NAME URL`")
-    proc = subprocess.run(["dvc", verb, "--remote", remote, *targets], cwd=root, capture_output=True,
-                          text=True)
+    proc = subprocess.run(["dvc", verb, "--remote", remote], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{verb}: " + failure.format(remote=remote, reason=f" ({last_line(proc)})"))
     return proc.stdout.strip()
