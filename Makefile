@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
-TORCH_VERSION := 2.13.0
+TORCH_CPU_LOCK := templates/project/{% if framework == 'pytorch' %}requirements-torch-cpu.lock{% endif %}
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_TELEMETRY := false
@@ -21,8 +21,10 @@ $(VENV)/.ready: requirements/dev.lock pyproject.toml tools/setup-system.sh tools
 	# Hashed, exact versions; bytecode compiled now so no run pays for it (PYTHONDONTWRITEBYTECODE).
 	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode --require-hashes \
 	    --index-url https://pypi.org/simple -r requirements/dev.lock
-	# torch apart: pip takes the local CPU wheel (uv would fetch a multi-GB CUDA build).
-	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	# torch apart, from the CPU lock that pytorch projects get (hashed): pip takes the local CPU
+	# wheel through its find-links (uv would fetch a multi-GB CUDA build). Elsewhere, add
+	# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+	$(BIN)/python -m pip install -q --require-hashes -r "$(TORCH_CPU_LOCK)"
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	bash tools/compose-schema.sh
 	touch $@
@@ -31,7 +33,7 @@ demo: setup  ## generate the example project and reproduce it (the reference pip
 	$(BIN)/snakemake --cores all
 
 test: setup  ## every test, slow end-to-end ones included
-	$(BIN)/pytest -m "slow or not slow"
+	$(BIN)/pytest -m "slow or not slow" --durations=25
 
 test-fast: setup
 	$(BIN)/pytest

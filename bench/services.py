@@ -167,7 +167,7 @@ def main() -> None:
         postgres_port=_free(),
         mlflow_port=_free(),
         s3_port=_free(),
-        auth=False,
+        no_auth=True,
         action="up",
     )
     record = stack.up(ns)

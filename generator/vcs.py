@@ -31,9 +31,13 @@ def init_dvc(root: Path, remote: Path) -> None:
     except Exception as error:  # DVC raises many types; all mean the same to the user here
         raise ReprostackError(f"dvc init failed in '{root}': {error}") from error
     (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n    autostage = true\n")
-    (root / ".dvc" / "config.local").write_text(
-        f"[core]\n    remote = {REMOTE_NAME}\n['remote \"{REMOTE_NAME}\"']\n    url = {remote}\n"
-    )
+    # Mode 600 from the start: storage.mode s3 later adds the S3 keys here, and DVC keeps the mode
+    # of the file it rewrites.
+    local = root / ".dvc" / "config.local"
+    with os.fdopen(os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(f"[core]\n    remote = {REMOTE_NAME}\n"
+                     f"['remote \"{REMOTE_NAME}\"']\n    url = {remote}\n")
+    local.chmod(0o600)
 
 
 def init_git(root: Path) -> None:

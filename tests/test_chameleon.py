@@ -197,7 +197,7 @@ def test_configure_run_and_collect_through_the_command_runner(
         "firewall-cmd --quiet --reload",
     ]
     calls = (tmp_path / "docker-calls.log").read_text()
-    assert "compose -f docker/compose.yaml up -d --wait" in calls
+    assert "compose -f docker/compose.yaml --env-file .env up -d --wait" in calls
 
     ran = remote.run("snakemake", "-c1", "remote_run")
     assert "steps (100%) done" in ran.stdout + ran.stderr  # the node's pipeline output streamed here

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,9 +18,10 @@ import jsonschema
 import pytest
 import yaml
 from conftest import ROOT
-from reprostack.generate import render
+from reprostack.generate import render, write_secrets
 
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+import remote  # the compose command configure and remote_run give on the node
 from chameleon import FLAVORS, NODE_TYPES  # what provisioning accepts, per site
 
 SCHEMA = ROOT / ".venv" / "share" / "compose-spec.json"
@@ -34,6 +37,22 @@ SITE_OF = {**{name: "CHI@TACC" for name in NODE_TYPES}, **{name: "KVM@TACC" for 
 ALL = list(itertools.product(["pytorch", "sklearn"], SOURCES, SITE_OF))
 FEW = [("pytorch", "sample", "gpu_rtx_6000"), ("pytorch", "url", "gpu_mi100"),
        ("sklearn", "git", "compute_skylake")]
+PINNED_IMAGE = r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}"  # tag for people, digest for the registry
+
+
+def compose_cli() -> list[str] | None:
+    """Docker Compose v2 (tools/setup-system.sh installs it as the docker CLI plugin); `config`
+    needs no engine. The plugin binary also runs on its own where the docker CLI is missing."""
+    plugin = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
+    for cmd in (["docker", "compose"], [str(plugin)]):
+        if shutil.which(cmd[0]):
+            version = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True)
+            if version.returncode == 0 and version.stdout.lstrip("v").startswith("2."):
+                return cmd
+    return None
+
+
+COMPOSE = compose_cli()
 
 
 def check_rendered(project: Path) -> None:
@@ -44,12 +63,12 @@ def check_rendered(project: Path) -> None:
         text = dockerfile.read_text()
         assert "|| true" not in text
         for base in re.findall(r"^FROM\s+(\S+)", text, re.M):
-            assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", base), base
+            assert re.fullmatch(PINNED_IMAGE, base), base
     compose = yaml.safe_load((project / "docker" / "compose.yaml").read_text())
     jsonschema.validate(compose, json.loads(SCHEMA.read_text()))
     for name, service in compose["services"].items():
         if "image" in service:
-            assert re.fullmatch(r"[\w./-]+:[\w.-]+", service["image"]) and ":latest" not in service["image"]
+            assert re.fullmatch(PINNED_IMAGE, service["image"]) and ":latest" not in service["image"], name
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
             assert ":9001" not in str(port), "the MinIO console is not published"
@@ -83,7 +102,53 @@ def test_every_option_combination_renders_a_valid_project(tmp_path: Path) -> Non
         check_rendered(target)
         jsonschema.validate(yaml.safe_load((target / "config" / "config.yaml").read_text()), schema)
         dockerfile = (target / "docker" / "Dockerfile").read_text()
-        assert ("requirements-torch.txt" in dockerfile) == (framework == "pytorch")
+        assert ("torch" in dockerfile) == (framework == "pytorch")
+        gpu_node = node_type.startswith(("gpu_", "g1.")) and node_type != "gpu_mi100"
+        assert ("-r requirements-torch-cuda.lock" in dockerfile) == (framework == "pytorch" and gpu_node)
+        assert ("-r requirements-torch-cpu.lock" in dockerfile) == (
+            framework == "pytorch" and node_type.startswith(("compute", "m1")))
+        for command in re.findall(r"pip install [^&\n]*", dockerfile.replace("\\\n", " ")):
+            assert "--require-hashes" in command or "whl/rocm" in command, command  # ROCm: no lock yet
         assert ("whl/rocm" in dockerfile) == (framework == "pytorch" and node_type == "gpu_mi100")
         cpu_node = node_type.startswith(("compute", "m1"))
         assert ("whl/cpu" in dockerfile) == (framework == "pytorch" and cpu_node)
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="needs Docker Compose v2: bash tools/setup-system.sh")
+def test_documented_compose_command_reads_the_project_env(tmp_path: Path) -> None:
+    """The README's `docker compose ... up -d`, as `config` from the project root, resolves every
+    secret from the project's .env; the command without --env-file does not (Compose looks for
+    .env beside docker/compose.yaml), so this test catches that bug."""
+    project = tmp_path / "p"
+    render(project, {}, defaults=True)
+    write_secrets(project)  # the .env that `reprostack new` writes, by the same code
+    secrets = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+    documented = re.search(r"^docker compose (.+?) up -d\b", (project / "README.md").read_text(), re.M)
+    assert documented, "the README gives the command that starts the stack"
+    assert f"docker compose {documented.group(1)}" == remote.COMPOSE, "the node runs the same command"
+    assert f"docker compose {documented.group(1)} up -d" in (project / "docker/compose.yaml").read_text()
+    env = {k: v for k, v in os.environ.items() if k not in secrets and not k.startswith("COMPOSE_")}
+
+    def config(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*COMPOSE, *args, "--profile", "train", "config", "--format", "json"],
+                              cwd=project, env=env, capture_output=True, text=True)
+
+    resolved = config(*shlex.split(documented.group(1)))
+    assert resolved.returncode == 0, resolved.stderr
+    services = json.loads(resolved.stdout)["services"]
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == secrets["AWS_SECRET_ACCESS_KEY"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == secrets["POSTGRES_PASSWORD"]
+    mlflow = services["mlflow"]["environment"]
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == secrets["MLFLOW_TRACKING_PASSWORD"]
+    assert mlflow["MLFLOW_BACKEND_STORE_URI"] == (
+        f"postgresql://{secrets['POSTGRES_USER']}:{secrets['POSTGRES_PASSWORD']}@postgres:5432/"
+        f"{secrets['POSTGRES_DB']}")
+    assert services["train"]["environment"]["AWS_SECRET_ACCESS_KEY"] == secrets["AWS_SECRET_ACCESS_KEY"]
+    # Relative paths still resolve against docker/, where the compose file is.
+    assert services["mlflow"]["build"]["context"] == str(project / "docker")
+    assert services["train"]["build"]["context"] == str(project)
+
+    before = config("-f", "docker/compose.yaml")  # the command the project used to give
+    assert before.returncode != 0
+    assert re.search(r"required variable \w+ is missing a value: set in \.env", before.stderr), before.stderr

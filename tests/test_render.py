@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata as metadata
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +28,8 @@ def default_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 def test_layout_reads_like_the_lifecycle(default_project: Project) -> None:
     p = default_project.path
     for rel in (
-        "README.md", "config/config.yaml", "dvc.yaml", "requirements.lock", "requirements-torch.txt",
+        "README.md", "config/config.yaml", "dvc.yaml", "requirements.lock", "requirements-torch-cpu.lock",
+        "requirements-torch-cuda.lock",
         "workflow/Snakefile", "workflow/schemas/config.schema.json", ".gitignore", ".dvcignore",
         "workflow/rules/environment.smk", "workflow/rules/data.smk", "workflow/rules/train.smk",
         "workflow/rules/track.smk", "workflow/rules/verify.smk", "reference/README.md",
@@ -61,6 +66,8 @@ def test_answers_file_allows_updates(default_project: Project) -> None:
 def test_secrets_are_random_private_and_untracked(default_project: Project, tmp_path: Path) -> None:
     env_file = default_project.path / ".env"
     assert env_file.stat().st_mode & 0o777 == 0o600
+    # S3 keys join the DVC remote here later (storage.mode s3); DVC keeps the file's mode.
+    assert (default_project.path / ".dvc" / "config.local").stat().st_mode & 0o777 == 0o600
     values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     assert len(values["POSTGRES_PASSWORD"]) >= 24 and len(values["AWS_SECRET_ACCESS_KEY"]) >= 30
     tracked = run(["git", "ls-files"], default_project.path, default_project.env).stdout.split()
@@ -72,6 +79,51 @@ def test_secrets_are_random_private_and_untracked(default_project: Project, tmp_
             assert secret not in answers and secret not in history
     other = generate(tmp_path, "other", default_project.env)
     assert (other.path / ".env").read_text() != env_file.read_text()
+
+
+def _lock_entries(text: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, sha256 hashes) for each requirement of a pip lock file."""
+    entries = {}
+    for block in re.split(r"\n(?=\S)", text):
+        pin = re.match(r"([A-Za-z0-9._-]+)==(\S+)", block)
+        if pin:
+            entries[pin.group(1).lower()] = (pin.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return entries
+
+
+def _local_wheel(filename: str) -> Path | None:
+    """The wheel in pip's find-links folders (this machine's CPU torch), if there is one."""
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    folders = [*re.findall(r"find-links='([^']+)'", listed.stdout), os.environ.get("PIP_FIND_LINKS", "")]
+    for folder in folders:
+        for candidate in folder.split():
+            wheel = Path(candidate.removeprefix("file://")) / filename
+            if wheel.is_file():
+                return wheel
+    return None
+
+
+def test_torch_is_locked_with_hashes_per_accelerator(default_project: Project) -> None:
+    locks = {acc: _lock_entries((default_project.path / f"requirements-torch-{acc}.lock").read_text())
+             for acc in ("cpu", "cuda")}
+    for acc, entries in locks.items():
+        assert entries and all(hashes for _, hashes in entries.values()), f"{acc}: a pin without a hash"
+        assert entries["torch"][0] == {"cpu": "2.13.0+cpu", "cuda": "2.13.0"}[acc]
+    assert any(name.startswith("nvidia-") for name in locks["cuda"]), "the CUDA runtime is locked too"
+    # torch's dependencies agree with requirements.lock, which installs them first.
+    project_lock = _lock_entries((default_project.path / "requirements.lock").read_text())
+    for name, (version, _) in {**locks["cpu"], **locks["cuda"]}.items():
+        assert project_lock.get(name, (version,))[0] == version, name
+    # The CPU lock is what this environment installed (Makefile), and its hash is that wheel's.
+    assert metadata.version("torch") == locks["cpu"]["torch"][0]
+    wheel = _local_wheel(f"torch-{locks['cpu']['torch'][0]}-cp311-cp311-manylinux_2_28_x86_64.whl")
+    if wheel is None:
+        pytest.skip("no local CPU torch wheel in pip's find-links to compare the hash with")
+    digest = hashlib.sha256()
+    with wheel.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    assert digest.hexdigest() in locks["cpu"]["torch"][1]
 
 
 def test_git_dvc_and_mlflow_need_no_server(default_project: Project) -> None:
@@ -95,8 +147,8 @@ def test_sklearn_variant(tmp_path: Path, env: dict[str, str]) -> None:
     project = generate(tmp_path, "sk", env, "framework=sklearn", "project_name=sk-paper")
     model = (project.path / "src/sk_paper/model.py").read_text()
     assert "SGDClassifier" in model and "torch" not in model
-    assert not (project.path / "requirements-torch.txt").exists()
-    assert "requirements-torch.txt" not in (project.path / "dvc.yaml").read_text()
+    assert not list(project.path.glob("requirements-torch*"))
+    assert "requirements-torch" not in (project.path / "dvc.yaml").read_text()
     assert project.config["train"]["framework"] == "sklearn"
 
 

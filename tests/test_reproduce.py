@@ -199,7 +199,8 @@ def test_publish_refuses_clearly_and_private_remotes_fall_back(tmp_path: Path) -
         author.run("git", "commit", "-qam", "A wrong endpoint")
         down = author.snakemake("publish", check=False)
         assert down.returncode != 0
-        assert "push: the DVC remote 'shared' did not take the data" in down.stderr
+        # Checked before anything runs (Snakemake's onstart), naming the setting.
+        assert "storage: the S3 endpoint http://127.0.0.1:9 is unreachable (storage.endpoint" in down.stderr
         assert "Traceback" not in down.stderr and "dvc.org/support" not in down.stderr
         assert not (author.path / "reference" / "metrics.json").exists()
         author.set_config("storage.endpoint", endpoint)

@@ -1,6 +1,7 @@
-"""The real tracking and storage stack on loopback: PostgreSQL, an S3 server (moto) and the MLflow
-server with basic auth, started by the project's own workflow/scripts/stack.py. Real connections
-only: SQL on PostgreSQL, boto3 on the bucket, DVC push/pull over HTTP."""
+"""The real tracking and storage stack on loopback: PostgreSQL, the S3 endpoint (moto's S3 behind
+keys, kept on disk) and the MLflow server with its login, started by the project's own
+workflow/scripts/stack.py with its defaults. Real connections only: SQL on PostgreSQL, boto3 on the
+bucket, DVC push/pull over HTTP."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def assert_nothing_left(project: Project, record: dict) -> None:
 def stacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, dict[str, int]]]:
     tmp = tmp_path_factory.mktemp("services")
     project = generate(tmp, "paper", make_env(tmp), "framework=sklearn")
-    ports = serve(project, "--auth")
+    ports = serve(project)  # authentication is the default
     record = json.loads((project.path / ".stack" / "stack.json").read_text())
     try:
         yield project, ports
@@ -144,7 +145,7 @@ def test_tracking_server_down_fails_before_training(tmp_path: Path, env: dict[st
     failed = project.snakemake(check=False)
     assert failed.returncode != 0
     assert f"the MLflow server at http://127.0.0.1:{dead} is unreachable" in failed.stderr
-    assert "Nothing was trained" in failed.stderr
+    assert "Nothing was run" in failed.stderr
     assert not (project.path / "results" / "history.json").exists()
 
 
@@ -233,3 +234,92 @@ def test_concurrent_first_runs_share_one_new_experiment(
     assert all(proc.returncode == 0 for proc in procs), [err[-500:] for _, err in results]
     ids = {out.strip() for out, _ in results}
     assert len(ids) == 1 and ids != {""}
+
+
+def test_strangers_refused_outage_changes_nothing_restart_loses_nothing(
+    stacked: tuple[Project, dict[str, int]]
+) -> None:
+    """Keys and login by default; PostgreSQL down stops a run before any job (one line, outputs
+    untouched, `status` names it); `down` then `up` keeps every run, object and artifact; the
+    rerun then does what the outage stopped."""
+    import urllib.error
+    import urllib.request
+
+    import mlflow
+    from botocore.exceptions import ClientError
+
+    project, ports = stacked
+    s3, mlflow_url = f"http://127.0.0.1:{ports['s3']}", f"http://127.0.0.1:{ports['mlflow']}"
+    env = secrets_of(project)
+    dvc_object = keys(project, ports["s3"], "dvc")[0]
+    # Strangers: no keys, a made-up key, the right key with a wrong secret, moto's reset API.
+    for url, method in ((f"{s3}/dvc/{dvc_object}", "GET"), (f"{s3}/dvc", "GET"),
+                        (f"{s3}/moto-api/reset", "POST"),
+                        (f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1", "GET")):
+        body = b"" if method == "POST" else None
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, method=method, data=body))
+        assert refused.value.code in (401, 403), url
+    for key_id, secret, code in (("AKIAUNKNOWN", env["AWS_SECRET_ACCESS_KEY"], "InvalidAccessKeyId"),
+                                 (env["AWS_ACCESS_KEY_ID"], "not-the-secret", "SignatureDoesNotMatch")):
+        stranger = boto3.client("s3", endpoint_url=s3, region_name="us-east-1",
+                                aws_access_key_id=key_id, aws_secret_access_key=secret)
+        with pytest.raises(ClientError) as refused:
+            stranger.list_objects_v2(Bucket="dvc")
+        assert refused.value.response["Error"]["Code"] == code
+
+    # PostgreSQL goes down: status says so, and a changed run stops before any job, changing nothing.
+    before = {p: hashlib.sha256((project.path / p).read_bytes()).hexdigest()
+              for p in ("models/model.joblib", "results/metrics.json", "data/prepared/x_train.npy")}
+    objects = {bucket: set(keys(project, ports["s3"], bucket)) for bucket in ("mlflow", "dvc")}
+    old_run = project.json("results/run.json")["run_id"]
+    record = json.loads((project.path / ".stack" / "stack.json").read_text())
+    stop = ["pg_ctl", "-D", record["postgres"]["data"], "-m", "fast", "-w", "stop"]
+    pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
+    stop[0] = str(pg_ctl)
+    subprocess.run((["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + stop, check=True,
+                   capture_output=True)
+    status = project.run("python", "workflow/scripts/stack.py", "status", check=False)
+    assert status.returncode == 1
+    assert re.search(r"postgres\s+DOWN", status.stdout)
+    assert re.search(r"mlflow\s+DOWN .*HTTP 503", status.stdout)
+    assert re.search(r"s3\s+up", status.stdout)
+    project.set_config("train.epochs", 5)
+    failed = project.snakemake(check=False)
+    assert failed.returncode != 0
+    assert "answered HTTP 503" in failed.stderr and "Nothing was run" in failed.stderr
+    assert "Traceback" not in failed.stderr and "localrule" not in failed.stdout + failed.stderr
+    assert before == {p: hashlib.sha256((project.path / p).read_bytes()).hexdigest() for p in before}
+
+    # Restart everything: every object, the run, its metrics and artifacts are still there.
+    project.run("python", "workflow/scripts/stack.py", "down")
+    project.run("python", "workflow/scripts/stack.py", "up", "--postgres-port", str(ports["postgres"]))
+    assert project.run("python", "workflow/scripts/stack.py", "status").returncode == 0
+    assert {bucket: set(keys(project, ports["s3"], bucket)) for bucket in objects} == objects
+    client = mlflow.MlflowClient(mlflow_url)
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_")}
+    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
+                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
+    try:
+        run = client.get_run(old_run)
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["accuracy"] == json.loads(
+            (project.path / "results" / "metrics.json").read_text())["accuracy"]
+        # Downloads go through presigned URLs to the S3 endpoint: signed with the same keys.
+        copy = Path(client.download_artifacts(old_run, "provenance/git.diff", str(project.path / ".stack")))
+        assert copy.read_bytes() == next(
+            s3_client(project, ports["s3"]).get_object(Bucket="mlflow", Key=k)["Body"].read()
+            for k in objects["mlflow"] if k.endswith(f"{old_run}/artifacts/provenance/git.diff"))
+    finally:
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+    shutil.rmtree(project.path / ".dvc" / "cache")
+    shutil.rmtree(project.path / "data" / "raw")
+    project.run("dvc", "pull", "-q", "data/raw")
+    assert (project.path / "data" / "raw" / "digits.csv").exists()
+
+    # The outage fixed, the rerun trains with the new value and records a second run.
+    project.snakemake()
+    assert project.json("results/run.json")["run_id"] != old_run
+    assert project.json("results/history.json")[-1]["epoch"] == 5

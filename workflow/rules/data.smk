@@ -7,7 +7,7 @@ rule data:
         "workflow/scripts/storage.py",
         f"{PKG}/data.py",
     output:
-        directory("data/raw"),
+        update(directory("data/raw")),  # kept until replaced: see _step.keeping_last_good
         "results/data.json",
     params:
         data=config["data"],
@@ -23,7 +23,7 @@ rule prepare:
         "workflow/scripts/prepare.py",
         f"{PKG}/data.py",
     output:
-        directory("data/prepared"),
+        update(directory("data/prepared")),  # kept until replaced: see _step.keeping_last_good
     params:
         seed=config["seed"],
         prepare=config["prepare"],

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +22,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "config.yaml"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.json"
+# A step that keeps its last good output while it runs leaves a mark here until it has replaced
+# that output; the Snakefile dates the output of a marked step as stale (stages.mark_unfinished).
+UNFINISHED = ROOT / ".snakemake" / "reprostack" / "unfinished"
 
 
 class ConfigError(SystemExit):
@@ -76,3 +83,35 @@ def write_json(path: str | Path, payload: Any) -> None:
     target = ROOT / path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def keeping_last_good(stage: str, target: Path | None = None) -> Iterator[Path | None]:
+    """Run a step whose output (data/raw, data/prepared, models) must survive its failure.
+
+    Neither front end deletes these outputs before the step (Snakemake `update()`, DVC `persist`):
+    the step builds the new output beside the old one (`target` given: yields that staging
+    folder) and swaps it in only when complete. Until then a mark names the step, so a failed or
+    killed run can never leave the old output looking up to date.
+    """
+    UNFINISHED.mkdir(parents=True, exist_ok=True)
+    mark = UNFINISHED / stage
+    mark.write_text("started\n")
+    staging = None
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in target.parent.glob(f".{target.name}.*-*"):  # from a killed run
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield staging
+        if staging is not None:
+            old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+            if target.exists():
+                target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    mark.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Check that dvc.yaml and the Snakemake rules describe the same pipeline.
 
 For every step: the same name, the same command, the same inputs (deps), outputs (outs, metrics,
-plots) and params. Exits non-zero naming each stage that disagrees, so neither front end can drift.
+plots), params, and the same outputs kept while the step runs (Snakemake `update()`, DVC
+`persist`). Exits non-zero naming each stage that disagrees, so neither front end can drift.
 Usage: python workflow/scripts/check_pipeline.py
 """
 
@@ -22,10 +23,12 @@ SKIP_RULES = {"all", "publish", "plan", "provision", "configure", "remote_run", 
 def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:
     stages = {}
     for name, stage in (yaml.safe_load(path.read_text()).get("stages") or {}).items():
-        outs = []
+        outs, kept = [], []
         for kind in ("outs", "metrics", "plots"):
             for item in stage.get(kind) or []:
                 outs.append(next(iter(item)) if isinstance(item, dict) else item)
+                if isinstance(item, dict) and (next(iter(item.values())) or {}).get("persist"):
+                    kept.append(outs[-1])
         params = []
         for item in stage.get("params") or []:
             if isinstance(item, dict):
@@ -37,6 +40,7 @@ def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:
             "cmd": " ".join(str(stage.get("cmd", "")).split()),
             "deps": sorted(stage.get("deps") or []),
             "outs": sorted(outs),
+            "kept": sorted(kept),
             "params": sorted(p.replace(".", "_") for p in params),
         }
     return stages
@@ -44,6 +48,7 @@ def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:
 
 def snakemake_rules(root: Path) -> dict[str, dict[str, Any]]:
     from snakemake.api import SnakemakeApi
+    from snakemake.io import is_flagged
     from snakemake.settings.types import OutputSettings, ResourceSettings
 
     rules = {}
@@ -61,6 +66,7 @@ def snakemake_rules(root: Path) -> dict[str, dict[str, Any]]:
                 "cmd": " ".join(str(rule.shellcmd or "").split()),
                 "deps": sorted(str(f) for f in rule.input),
                 "outs": sorted(str(f) for f in rule.output),
+                "kept": sorted(str(f) for f in rule.output if is_flagged(f, "update")),
                 "params": sorted(rule.params.keys()),
             }
     return rules
@@ -75,7 +81,7 @@ def compare(dvc: dict[str, dict[str, Any]], smk: dict[str, dict[str, Any]]) -> l
         if name not in dvc:
             problems.append(f"stage '{name}': a Snakemake rule with no stage in dvc.yaml")
             continue
-        for field in ("cmd", "deps", "outs", "params"):
+        for field in ("cmd", "deps", "outs", "kept", "params"):
             a, b = dvc[name][field], smk[name][field]
             if a != b:
                 if isinstance(a, list):

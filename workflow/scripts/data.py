@@ -6,17 +6,19 @@ the remote cannot be read, they are fetched from the pinned source. Either way n
 is reused: every later step recomputes from these bytes.
 """
 
-from _step import ROOT, project, write_json
+from _step import ROOT, keeping_last_good, project, write_json
 from storage import restore_output
 
 config, data = project("data")
 raw = ROOT / "data" / "raw"
-origin = restore_output(ROOT, "data", "data/raw", {"data": config["data"]})
-if origin is None:
-    record = data.fetch(config["data"], raw)
-    record["origin"] = "fetched from the pinned source"
-else:
-    record = data.describe(config["data"], raw)
-    record["origin"] = origin
+# The last good data/raw stays until new data is verified: fetch() builds it beside and swaps.
+with keeping_last_good("data"):
+    origin = restore_output(ROOT, "data", "data/raw", {"data": config["data"]})
+    if origin is None:
+        record = data.fetch(config["data"], raw)
+        record["origin"] = "fetched from the pinned source"
+    else:
+        record = data.describe(config["data"], raw)
+        record["origin"] = origin
 print(f"data: {record['origin']}")
 write_json("results/data.json", record)

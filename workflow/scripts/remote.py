@@ -25,6 +25,9 @@ from chameleon import ROOT, ChameleonError, read_state, settings
 PROJECT = "project"  # the clone's folder in the node's home
 SETUP = Path(__file__).with_name("node_setup.sh")
 COLLECTED = ("results", "models", "data/raw", "data/prepared", "dvc.lock")
+# From the project root. Compose looks for .env in the compose file's folder (docker/), so the
+# project's .env is named; --project-directory would move the file's relative paths too.
+COMPOSE = "docker compose -f docker/compose.yaml --env-file .env"
 
 
 class Runner:
@@ -117,13 +120,13 @@ def configure(config: dict) -> None:
         node.run(f"umask 077 && : > {PROJECT}/.env")
         node.put(ROOT / ".env", f"{PROJECT}/.env")
         node.run(f"chmod 600 {PROJECT}/.env")
-    node.run(f"cd {PROJECT} && docker compose -f docker/compose.yaml up -d --wait")
+    node.run(f"cd {PROJECT} && {COMPOSE} up -d --wait")
     print(f"remote: configured: {PROJECT} at {commit[:12]}, secrets in place, service stack up")
 
 
 def remote_run(config: dict) -> None:
     settings(config)
-    runner().run(f"cd {PROJECT} && docker compose -f docker/compose.yaml --profile train run --rm train")
+    runner().run(f"cd {PROJECT} && {COMPOSE} --profile train run --rm train")
 
 
 def collect(config: dict) -> dict:

@@ -1,13 +1,16 @@
 """What Snakemake and DVC must agree on about the stages' outputs.
 
 `stage_outputs` reads dvc.yaml (the one reader of it here); `refresh_directory_stamps` makes an
-edit inside a directory output visible to Snakemake; `commit_complete_stages` records what a
-Snakemake run produced in dvc.lock and the DVC cache.
+edit inside a directory output visible to Snakemake; `mark_started`/`mark_unfinished` date the kept
+output of a step that failed or was killed as stale, so the next run redoes it;
+`commit_complete_stages` records what a Snakemake run produced in dvc.lock and the DVC cache, and
+retries at the next start when that failed.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -50,12 +53,109 @@ def refresh_directory_stamps(root: Path = ROOT) -> None:
             os.utime(marker, (newest, newest))
 
 
+MARKS = Path(".snakemake") / "reprostack" / "unfinished"
+
+
+def kept_stages(root: Path = ROOT) -> set[str]:
+    """Stages with an output kept while they run (`persist: true` in dvc.yaml, `update()` in the
+    Snakemake rules; check_pipeline holds the two equal)."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return {name for name, stage in stages.items()
+            if any(isinstance(o, dict) and (next(iter(o.values())) or {}).get("persist")
+                   for o in stage.get("outs") or [])}
+
+
+def mark_started(root: Path, rules: set[str]) -> None:
+    """Before the first job: mark every planned step that keeps its output. A step clears its
+    mark only once it has replaced that output, so a step killed at any moment (even before its
+    own code runs) leaves the mark, and `mark_unfinished` dates its output as stale."""
+    for name in rules & kept_stages(root):
+        (root / MARKS).mkdir(parents=True, exist_ok=True)
+        (root / MARKS / name).write_text("planned\n")
+
+
+def drop_stale_backups(root: Path = ROOT) -> None:
+    """Remove Snakemake's copies of kept outputs left by a run that was killed.
+
+    Snakemake copies an `update()` output aside before the job and puts it back if the job fails;
+    a killed Snakemake leaves the copy, and the next run then stops on it (FileExistsError). The
+    steps only ever swap a complete output in, so the copy is never the only good one. Skipped
+    while another Snakemake holds this project's lock.
+    """
+    import shutil
+
+    locks = root / ".snakemake" / "locks"
+    if locks.is_dir() and any(locks.iterdir()):
+        return
+    shutil.rmtree(root / ".snakemake" / "backups", ignore_errors=True)
+
+
+def unfinished(root: Path = ROOT) -> set[str]:
+    """Steps that started and have not replaced their kept output (see _step.keeping_last_good)."""
+    marks = root / MARKS
+    return {p.name for p in marks.iterdir()} if marks.is_dir() else set()
+
+
+def mark_unfinished(root: Path = ROOT) -> list[str]:
+    """Date the kept outputs of every step that did not finish as older than their inputs.
+
+    Snakemake records the new parameters even for a failed `update()` job, so it would call the
+    last good output up to date; dated at the epoch's first second, it is redone by the next run.
+    (Directory inputs make that certain: Snakemake does not checksum them. The data step's own
+    results/data.json is removed with any failure.) Returns those steps.
+    """
+    stages = unfinished(root)
+    stale = []
+    for name, outs in stage_outputs(root / "dvc.yaml"):
+        if name not in stages:
+            continue
+        stale.append(name)
+        for out in outs:
+            path = root / out
+            if path.is_dir():
+                (path / STAMP).touch()
+                os.utime(path / STAMP, (1, 1))  # not 0: Snakemake reads an mtime of 0 as "none"
+            if path.exists():
+                os.utime(path, (1, 1))
+    return stale
+
+
+UNCOMMITTED = Path(".snakemake") / "reprostack" / "uncommitted"
+
+
 def commit_complete_stages(root: Path = ROOT) -> list[str]:
     """`dvc commit` the stages whose outputs all exist (after a partial run, or one that ran only
-    the Chameleon rules, the others are left as they are)."""
+    the Chameleon rules, the others are left as they are). A step that did not finish is never
+    committed: its kept output is the last good one, not what its parameters now say.
+
+    A failure is said in one line and remembered: the next start retries it (retry_commit), so a
+    run that Snakemake calls complete is never left out of dvc.lock.
+    """
     import subprocess
 
-    done = [name for name, outs in stage_outputs(root / "dvc.yaml") if all((root / o).exists() for o in outs)]
+    marker = root / UNCOMMITTED
+    skip = unfinished(root)
+    done = [name for name, outs in stage_outputs(root / "dvc.yaml")
+            if name not in skip and all((root / o).exists() for o in outs)]
     if done:
-        subprocess.run(["dvc", "commit", "--force", "--quiet", *done], cwd=root, check=True)
+        proc = subprocess.run(["dvc", "commit", "--force", "--quiet", *done], cwd=root,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(" ".join(done) + "\n")
+            from storage import last_line
+
+            reason = last_line(proc)
+            raise SystemExit(
+                f"dvc commit of {', '.join(done)} failed ({reason}); the outputs are complete but "
+                "dvc.lock does not record them yet: the next `snakemake` retries the commit first"
+            )
+    marker.unlink(missing_ok=True)
     return done
+
+
+def retry_commit(root: Path = ROOT) -> None:
+    """Before anything else runs: finish a `dvc commit` that failed at the end of the last run."""
+    if (root / UNCOMMITTED).exists():
+        print("stages: retrying the dvc commit that failed at the end of the last run", file=sys.stderr)
+        commit_complete_stages(root)

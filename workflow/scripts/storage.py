@@ -98,8 +98,11 @@ def sync_remote(root: Path = ROOT, storage: dict[str, Any] | None = None) -> str
         keys = {"access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
                 "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY")}
         if all(keys.values()):
+            # It will hold the S3 secret: mode 600 before the first key is written (DVC keeps it).
+            secret_file = root / ".dvc" / "config.local"
+            os.close(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            secret_file.chmod(0o600)
             _ensure(root, SHARED, {**shared_settings(storage), **keys}, local=True)
-            (root / ".dvc" / "config.local").chmod(0o600)  # it holds the S3 secret
             name = SHARED
         elif chosen == SHARED:
             # No keys here (a reviewer): read what the author published instead.
@@ -109,6 +112,42 @@ def sync_remote(root: Path = ROOT, storage: dict[str, Any] | None = None) -> str
     if name and chosen != name:
         _dvc("remote", "default", "--local", name, root=root)
     return name or default_remote(root)
+
+
+def check_bucket(root: Path, storage: dict[str, Any], timeout: float = 5) -> str | None:
+    """What is wrong with this machine's access to s3://BUCKET at storage.endpoint, or None.
+
+    One signed request (HeadBucket) with the keys from .env: a server that is down, keys it
+    refuses, a bucket it lacks. The keys themselves are never part of the answer.
+    """
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+    load_dotenv(root)
+    endpoint, bucket = storage["endpoint"], storage["bucket"]
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        return f"no S3 keys for {endpoint} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in .env)"
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
+                          region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                          config=Config(connect_timeout=timeout, read_timeout=timeout,
+                                        retries={"max_attempts": 1}))
+    try:
+        client.head_bucket(Bucket=bucket)
+    except EndpointConnectionError:
+        return f"the S3 endpoint {endpoint} is unreachable (storage.endpoint; is the stack up?)"
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            return (f"the S3 endpoint {endpoint} refused this machine's keys for bucket '{bucket}' "
+                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in .env)")
+        if code in ("404", "NoSuchBucket"):
+            return f"bucket '{bucket}' does not exist at {endpoint} (storage.bucket)"
+        return f"the S3 endpoint {endpoint} answered {code or error} for bucket '{bucket}'"
+    except BotoCoreError as error:
+        return f"the S3 endpoint {endpoint} failed: {error}"
+    return None
 
 
 def default_remote(root: Path = ROOT) -> str | None:
@@ -212,7 +251,9 @@ def restore_output(root: Path, stage: str, out: str, params: dict[str, Any]) -> 
     logger.propagate = False
     try:
         with Repo(str(root)) as repo:
-            repo.pull(targets=[out], remote=remote)
+            # Every object is fetched and checked before the workspace is touched; the old copy is
+            # then replaced (force) by exactly what dvc.lock pins.
+            repo.pull(targets=[out], remote=remote, force=True)
     except DvcException as error:
         if handler.paths:
             raise Tampered(_tamper_message(root, remote, entry["out"], handler.paths)) from None

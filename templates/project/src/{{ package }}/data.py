@@ -112,10 +112,27 @@ def _fetch_huggingface(cfg: dict[str, Any], out: Path) -> Pin:
         path = hf_hub_download(repo, name, repo_type="dataset", revision=revision)
     except HfHubHTTPError as error:
         raise DataError(f"data: cannot fetch '{name}' of {repo}@{revision}: {error}") from None
+    except Exception as error:
+        # The hub unreachable: a transport error of its HTTP client (or an OSError); one line.
+        if not isinstance(error, OSError) and type(error).__module__.split(".")[0] not in HTTP_CLIENTS:
+            raise
+        raise DataError(_unreachable(repo, revision, error)) from None
     target = out / name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target)
     return {"repo_id": repo, "revision": revision, "file": name}
+
+
+HTTP_CLIENTS = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+
+
+def _unreachable(repo: str, revision: str, error: BaseException) -> str:
+    import os
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    reason = " ".join(str(error).split())[:200] or type(error).__name__
+    return (f"data: the Hugging Face Hub at {endpoint} is unreachable for {repo}@{revision} ({reason}); "
+            "check the network or HF_ENDPOINT. The last good data/raw is kept.")
 
 
 def _fetch_git(cfg: dict[str, Any], out: Path) -> Pin:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCK_FILES = ("requirements.lock", "requirements-torch.txt")
+LOCK = "requirements.lock"
+# torch is locked apart, one hashed lock per accelerator build (pytorch projects only).
+TORCH_LOCKS = {"cpu": "requirements-torch-cpu.lock", "cuda": "requirements-torch-cuda.lock"}
 # Pipeline outputs change during every run; they are not code, so they do not make a tree dirty.
 OUTPUT_PATHS = ("results", "dvc.lock", "data", "models", "mlruns.db", "mlartifacts")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
@@ -32,16 +34,42 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def torch_lock(root: Path = ROOT) -> Path | None:
+    """The torch lock that fits the torch build installed here; None in a project without torch.
+
+    The local version label names the build: +cpu, the CPU lock; none (PyPI's Linux build, which
+    bundles CUDA) or +cuXXX, the CUDA lock. Other builds (+rocm...) have no lock of their own and
+    are checked against the CPU lock: torch's version and the dependencies every build shares.
+    Without torch installed, the CPU lock, so that the check names torch as missing.
+    """
+    locks = {build: root / name for build, name in TORCH_LOCKS.items() if (root / name).exists()}
+    if not locks:
+        return None
+    try:
+        label = metadata.version("torch").partition("+")[2]
+    except metadata.PackageNotFoundError:
+        label = "cpu"
+    cuda = label.startswith("cu") or (not label and sys.platform == "linux")
+    return locks.get("cuda" if cuda else "cpu") or next(iter(locks.values()))
+
+
+def lock_files(root: Path = ROOT) -> list[Path]:
+    """The locks this environment is checked against: requirements.lock and the fitting torch lock."""
+    files = [root / LOCK, torch_lock(root)]
+    return [path for path in files if path is not None and path.exists()]
+
+
 def pins(root: Path = ROOT) -> dict[str, str]:
-    """name -> version for every `name==version` line of the lock files that exist."""
+    """name -> version for every `name==version` line of the lock files that apply here.
+
+    The local version label (torch 2.13.0+cpu) is dropped: it names a build, not a version.
+    """
     found: dict[str, str] = {}
-    for name in LOCK_FILES:
-        path = root / name
-        if path.exists():
-            for line in path.read_text().splitlines():
-                match = _PIN.match(line.strip())
-                if match:
-                    found[normalise(match.group(1))] = match.group(2)
+    for path in lock_files(root):
+        for line in path.read_text().splitlines():
+            match = _PIN.match(line.strip())
+            if match:
+                found[normalise(match.group(1))] = match.group(2).split("+", 1)[0]
     return found
 
 
@@ -56,8 +84,8 @@ def installed() -> dict[str, str]:
 def check_lock(root: Path = ROOT) -> None:
     """Raise LockMismatch naming every pinned package that is missing or at another version.
 
-    A local version label (torch 2.13.0+cpu, +cu128) names the build for an accelerator; it is
-    recorded, not enforced.
+    A local version label (torch 2.13.0+cpu, +cu130) names the build for an accelerator; it picks
+    the torch lock (torch_lock) and is recorded, not enforced.
     """
     have = installed()
     problems = []
@@ -65,13 +93,16 @@ def check_lock(root: Path = ROOT) -> None:
         found = have.get(name)
         if found is None:
             problems.append(f"'{name}' is pinned to {version} but not installed")
-        elif found.split("+", 1)[0] != version.split("+", 1)[0]:
+        elif found.split("+", 1)[0] != version:
             problems.append(f"'{name}' is pinned to {version} but {found} is installed")
     if problems:
+        torch = torch_lock(root) is not None
         raise LockMismatch(
             "environment: installed packages differ from the lock: "
             + "; ".join(problems)
             + ". Install the lock: pip install --require-hashes -r requirements.lock"
+            + (", then torch from " + " or ".join(TORCH_LOCKS.values()) + " (their first lines say how)"
+               if torch else "")
         )
 
 
@@ -144,7 +175,7 @@ def environment(root: Path = ROOT) -> dict[str, Any]:
     import datetime
     import socket
 
-    lock = root / "requirements.lock"
+    lock = root / LOCK
     return {
         "recorded": {
             "host": socket.gethostname(),
@@ -158,6 +189,7 @@ def environment(root: Path = ROOT) -> dict[str, Any]:
         "gpus": gpus(),
         "framework_build": _framework_build(),
         "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None,
+        "torch_lock": torch.name if (torch := torch_lock(root)) else None,
         "packages": dict(sorted(installed().items())),
     }
 

@@ -6,9 +6,14 @@ project, both gitignored. `server` points the client at an MLflow server by URI.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -78,39 +83,91 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def preflight(tracking: dict[str, Any]) -> None:
-    """With a tracking server, fail before any training if it is down or refuses the credentials."""
-    if tracking["mode"] != "server":
-        return
-    import base64
-    import os
-    import urllib.error
-    import urllib.request
+# How long the MLflow client waits for a server before it gives up (tracking.timeout_s, .retries,
+# .backoff_s; the schema documents them). MLflow's own defaults, 120 s per request and 7 retries
+# with backoff, hang a step for 4 to 8 minutes when the server dies.
+HTTP_DEFAULTS = {"timeout_s": 30, "retries": 3, "backoff_s": 1}
+JITTER_S = 0.5  # random extra wait per retry, so clients that lost a server do not return in step
+PENDING = Path("results") / "track-pending.json"
+RESTART_ADVICE = ("python workflow/scripts/stack.py down, then up; or docker compose --env-file .env "
+                  "-f docker/compose.yaml up -d")
 
-    base = tracking["server_uri"].rstrip("/")
-    advice = ("start it (python workflow/scripts/stack.py up, or docker compose -f docker/compose.yaml "
-              "up -d) or set tracking.mode: local")  # noqa: E501
-    try:
-        urllib.request.urlopen(f"{base}/health", timeout=5).close()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise SystemExit(f"tracking: the MLflow server at {redact(base)} is unreachable ({reason}); "
-                         f"{advice}. Nothing was trained.") from None
-    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if user:
-        token = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
-        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
-    try:
-        urllib.request.urlopen(request, timeout=10).close()
-    except urllib.error.HTTPError as error:
-        if error.code in (401, 403):
-            raise SystemExit(
-                f"tracking: the MLflow server at {redact(base)} rejected the credentials of user "
-                f"'{user or ''}' (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in .env). "
-                "Nothing was trained."
-            ) from None
-        raise
+
+class TrackingError(SystemExit):
+    """Recording failed: exits non-zero with one line naming the server, what failed and what to do."""
+
+
+def bound_http(tracking: dict[str, Any]) -> dict[str, int]:
+    """Bound every MLflow request of this process by the config's timeout and retries.
+
+    MLflow reads these variables at each request (mlflow.utils.rest_utils.http_request), not at
+    import, so setting them here covers all later calls. The config wins over the environment.
+    A server's Retry-After header is ignored: it could stretch a wait past any bound.
+    """
+    settings = {key: int(tracking.get(key, default)) for key, default in HTTP_DEFAULTS.items()}
+    os.environ.update({
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings["timeout_s"]),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings["retries"]),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(settings["backoff_s"]),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(JITTER_S),
+        "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
+        # Printing the run's URL at its end costs a request (and a retry cycle on a dead server);
+        # record_run prints it itself.
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    })
+    import logging
+
+    # urllib3 logs a warning per retry ("Retrying (Retry(total=2, ...))"): the failure is reported
+    # once, in one line, instead.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    return settings
+
+
+def describe_failure(error: BaseException, tracking: dict[str, Any]) -> tuple[str, str]:
+    """What went wrong, in words, and what to do: from MLflow's exception and the requests/urllib3
+    errors chained under it (MLflow wraps them in a message of its own)."""
+    import re
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
+    settings = {key: int(tracking.get(key, default)) for key, default in HTTP_DEFAULTS.items()}
+    tries = f"{settings['retries'] + 1} tries"
+    url = (re.search(r"API request to (?:endpoint )?(\S+?) failed", text)
+           or re.search(r"url: (\S+?) \(", text))
+    endpoint = ""
+    if url:
+        endpoint = urlsplit(url.group(1)).path if "://" in url.group(1) else url.group(1)
+        endpoint = f" at {endpoint.split('?')[0]}"
+    status = re.search(r"too many (\d{3}) error responses", text)
+    check = ("check the server (python workflow/scripts/stack.py status, or docker compose "
+             "-f docker/compose.yaml --env-file .env ps and logs)") if tracking["mode"] == "server" else (
+             f"check the local store (tracking.uri: {tracking['uri']})")
+    if status and status.group(1) == "503":
+        return (f"answered 503 Service Unavailable{endpoint} ({tries}): its database (PostgreSQL in "
+                "the service stack) is down or unreachable",
+                f"bring the database back ({RESTART_ADVICE}), then rerun")
+    if status:
+        return (f"answered HTTP {status.group(1)}{endpoint} ({tries})", f"{check}, then rerun")
+    if re.search(r"Timeout|timed out", text):
+        return (f"did not answer within tracking.timeout_s = {settings['timeout_s']} s{endpoint} "
+                f"({tries})", f"{check}, then rerun; raise tracking.timeout_s if it is only slow")
+    if re.search(r"Connection refused|NewConnectionError|Failed to establish", text):
+        return (f"refused connections{endpoint} ({tries}): it is down",
+                f"restart it ({RESTART_ADVICE}), then rerun")
+    if re.search(r"ConnectionError|RemoteDisconnected|Connection aborted|ProtocolError|"
+                 r"Connection reset|BrokenPipe", text):
+        return (f"dropped the connection{endpoint} ({tries})", f"{check}, then rerun")
+    if re.search(r"error code (401|403)\b|UNAUTHENTICATED|PERMISSION_DENIED", text):
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        return (f"rejected the credentials of user '{user}'", "fix MLFLOW_TRACKING_USERNAME / "
+                "MLFLOW_TRACKING_PASSWORD in .env, then rerun")
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    return (f"did not take the record ({type(error).__name__}: {first.strip()[:300]})",
+            f"{check}, then rerun")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -167,9 +224,96 @@ def _datasets(root: Path, data_record: dict[str, Any]) -> list[tuple[Any, str]]:
     return out
 
 
+def _where(tracking: dict[str, Any]) -> str:
+    if tracking["mode"] == "server":
+        return f"the MLflow server at {redact(tracking['server_uri'].rstrip('/'))}"
+    return f"the local MLflow store ({tracking['uri']})"
+
+
+def _write_pending(root: Path, record: dict[str, Any]) -> None:
+    path = root / PENDING
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _configured_uri(tracking: dict[str, Any]) -> str:
+    """The store as the config names it (a local SQLite path stays relative: the project may move)."""
+    return redact(tracking["server_uri"] if tracking["mode"] == "server" else tracking["uri"])
+
+
+def settle_pending(root: Path, tracking: dict[str, Any], uri: str) -> None:
+    """End as FAILED the run an earlier track step started and could not close (its server died
+    or the step was killed): that step left the run's id in results/track-pending.json.
+
+    The run is marked FAILED only while it is still RUNNING. A run in another store (the config
+    changed since) that cannot be reached is named in one line on stderr and forgotten.
+    """
+    path = root / PENDING
+    if not path.exists():
+        return
+    try:
+        pending = json.loads(path.read_text())
+        run_id = pending["run_id"]
+    except (ValueError, KeyError, TypeError):
+        path.unlink()
+        return
+    import sys
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    same_store = pending.get("tracking_uri") == _configured_uri(tracking)
+    other = str(pending.get("tracking_uri", ""))
+    if not same_store and other.startswith("sqlite:///"):
+        other = tracking_uri(root, {"mode": "local", "uri": other})
+        if not Path(other[len("sqlite:///"):]).exists():  # do not create an empty store there
+            path.unlink(missing_ok=True)
+            return
+    client = MlflowClient(uri if same_store else other)
+    try:
+        run = client.get_run(run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            if pending.get("error"):
+                client.set_tag(run_id, "track.error", pending["error"][:8000])
+            client.set_terminated(run_id, "FAILED", end_time=pending.get("failed_at"))
+            print(f"tracking: run {run_id}, left open by an earlier track step, is now marked FAILED")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST" and same_store:
+            raise
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            print(f"tracking: could not mark run {run_id} in {pending['tracking_uri']} as FAILED "
+                  "(that store is no longer configured or reachable); it may still show as RUNNING "
+                  "there", file=sys.stderr)
+    path.unlink(missing_ok=True)
+
+
+def _model_id() -> str:
+    """The logged model's id, from the active run's outputs (log_model records it there, saving a
+    request); MLflow's last logged model otherwise."""
+    import mlflow
+
+    outputs = getattr(mlflow.active_run(), "outputs", None)
+    models = list(getattr(outputs, "model_outputs", None) or [])
+    return models[-1].model_id if models else mlflow.last_logged_model().model_id
+
+
 def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Log one run and return its ids (written to results/run.json)."""
-    preflight(config["tracking"])  # a clear error now, not MLflow's minutes of retries
+    """Log one run and return its ids (written to results/run.json).
+
+    In few requests (each one costs a password check on a server with basic auth): the tags come
+    with the run's creation, params and all metrics in one log_batch each (MlflowClient splits
+    them at MLflow's limits: 100 params or tags, 1000 metrics, 1000 entries per request), the three
+    datasets in one log_inputs, and the provenance files upload in parallel while the model is
+    logged. The params are logged before the model (the logged model takes them over), the metrics
+    after it: the final metrics (step 0) carry the model's id, as log_model would have linked them,
+    without its per-metric history requests.
+
+    Every request is bounded (tracking.timeout_s, .retries, .backoff_s). On a failure: one line on
+    stderr, a non-zero exit, and the run ended as FAILED, now if the server answers, else by the
+    next track step (the run's id waits in results/track-pending.json). Never left RUNNING.
+    """
+    tracking = config["tracking"]
+    bound_http(tracking)
     started = time.perf_counter()
     git = provenance.git_state(root)
     launcher = provenance.front_end()
@@ -179,6 +323,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
 
     import mlflow
     from mlflow.entities import Metric, Param
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.tracking import MlflowClient
 
     results = root / "results"
@@ -189,12 +334,19 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     training = _read(root / "models" / "training.json")
     image = _read(results / "image.json")
 
-    tracking = config["tracking"]
     relocate_store(root, tracking)
     uri = tracking_uri(root, tracking)
+    where = _where(tracking)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment_id = _experiment(client, root, config)
+    try:
+        settle_pending(root, tracking, uri)
+        experiment_id = _experiment(client, root, config)
+    except Exception as error:
+        what, todo = describe_failure(error, tracking)
+        pending = " (an earlier track step's run is still to be marked FAILED)" if (
+            root / PENDING).exists() else ""
+        raise TrackingError(f"tracking: {where} {what}; nothing was recorded{pending}; {todo}.") from None
     gpu_names = ", ".join(g["name"] for g in environment["gpus"]) or "none"
     tags = {
         "mlflow.source.git.commit": git["commit"] or "",
@@ -229,7 +381,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         **{f"version.{name}": version for name, version in versions.items()},
     }
     params = flatten({k: v for k, v in config.items() if k != "tracking"})
-    params["tracking.mode"] = config["tracking"]["mode"]
+    params["tracking.mode"] = tracking["mode"]
     now = int(time.time() * 1000)
     series = [
         Metric(f"epoch_{key}", float(row[key]), now, int(row["epoch"]))
@@ -237,48 +389,89 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         for key in row
         if key != "epoch"
     ]
-    final = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    final = [(key, float(value)) for key, value in metrics.items()]
+    datasets = _datasets(root, data_record)
+    run_info = {k: v for k, v in git.items() if k != "diff"}
+    requirements = [f"{n}=={v}" for n, v in sorted(provenance.pins(root).items())
+                    if n in ("torch", "scikit-learn", "numpy", "mlflow")]
+    example = np.load(root / "data" / "prepared" / "x_test.npy")[:2]
+    fitted = model.load(root / "models" / model.FILENAME)
+    run_name = f"{launcher['front_end']}-{(git['commit'] or 'nogit')[:8]}"
 
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=f"{launcher['front_end']}-{(git['commit'] or 'nogit')[:8]}",
-        tags=tags,
-    ) as run:
-        run_id = run.info.run_id
-        items = [Param(k, v) for k, v in sorted(params.items())]
-        for start in range(0, len(items), 100):
-            client.log_batch(run_id, params=items[start : start + 100])
-        for start in range(0, len(series + final), 900):
-            client.log_batch(run_id, metrics=(series + final)[start : start + 900])
-        for dataset, context in _datasets(root, data_record):
-            mlflow.log_input(dataset, context=context)
-        mlflow.log_text(git["diff"], "provenance/git.diff")
-        mlflow.log_text(frozen, "provenance/pip-freeze.txt")
-        mlflow.log_dict(
-            {**{k: v for k, v in git.items() if k != "diff"}, **launcher, "versions": versions},
-            "provenance/run.json",
-        )
-        for path in (
-            results / "environment.json",
-            results / "data.json",
-            results / "image.json",
-            results / "metrics.json",
-            results / "history.json",
-            root / "models" / "training.json",
-            root / "config" / "config.yaml",
-            root / "requirements.lock",
-        ):
-            mlflow.log_artifact(str(path), artifact_path="provenance")
-        requirements = [f"{n}=={v}" for n, v in sorted(provenance.pins(root).items())
-                        if n in ("torch", "scikit-learn", "numpy", "mlflow")]
-        example = np.load(root / "data" / "prepared" / "x_test.npy")[:2]
-        model.log_to_mlflow(model.load(root / "models" / model.FILENAME), requirements, example)
+    try:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    except Exception as error:
+        what, todo = describe_failure(error, tracking)
+        raise TrackingError(f"tracking: {where} {what}; nothing was recorded; {todo}.") from None
+    run_id = run.info.run_id
+    _write_pending(root, {"run_id": run_id, "tracking_uri": _configured_uri(tracking),
+                          "started_at": now})
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params.items())])
+        with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(4) as pool:
+            try:
+                folder = Path(scratch)
+                (folder / "git.diff").write_text(git["diff"], encoding="utf-8")
+                (folder / "pip-freeze.txt").write_text(frozen, encoding="utf-8")
+                (folder / "run.json").write_text(
+                    json.dumps({**run_info, **launcher, "versions": versions}, indent=2, default=str))
+                files = [folder / "git.diff", folder / "pip-freeze.txt", folder / "run.json",
+                         results / "environment.json", results / "data.json", results / "image.json",
+                         results / "metrics.json", results / "history.json",
+                         root / "models" / "training.json", root / "config" / "config.yaml",
+                         root / "requirements.lock"]
+                repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=uri)
+                uploads = [pool.submit(repo.log_artifact, str(path), "provenance") for path in files]
+                model.log_to_mlflow(fitted, requirements, example)
+                model_id = _model_id()
+                client.log_batch(run_id, metrics=series + [
+                    Metric(key, value, now, 0, model_id=model_id) for key, value in final
+                ])
+                mlflow.log_inputs(datasets=[d for d, _ in datasets],
+                                  contexts=[c for _, c in datasets], tags_list=[None] * len(datasets))
+                for upload in uploads:
+                    upload.result()
+            finally:  # on a failure, uploads not yet started are dropped, not retried in turn
+                pool.shutdown(wait=True, cancel_futures=True)
+        mlflow.end_run()
+    except BaseException as error:  # Ctrl-C and SIGTERM (see track.py) must end the run too
+        _fail(root, tracking, run_id, error)
+    (root / PENDING).unlink(missing_ok=True)
+    if tracking["mode"] == "server":  # what MLflow prints at a run's end, without its request
+        base = tracking["server_uri"].rstrip("/")
+        print(f"🏃 View run {run_name} at: {base}/#/experiments/{experiment_id}/runs/{run_id}")
     return {
         "run_id": run_id,
         "experiment_id": experiment_id,
-        "experiment": config["tracking"]["experiment"],
+        "experiment": tracking["experiment"],
         "tracking_uri": redact(tracking["server_uri"] if tracking["mode"] == "server" else tracking["uri"]),
     }
+
+
+def _fail(root: Path, tracking: dict[str, Any], run_id: str, error: BaseException) -> None:
+    """End the run as FAILED if the store answers within the retries, else leave its id for the
+    next track step; then exit with one line."""
+    import mlflow
+
+    if isinstance(error, KeyboardInterrupt):
+        line, todo = "the track step was interrupted", "rerun it"
+    else:
+        what, todo = describe_failure(error, tracking)
+        line = f"{_where(tracking)} {what}"
+    # One more bounded try to end the run; a server that did not answer for timeout_s gets 10 s.
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(min(10, int(tracking.get("timeout_s", 30))))
+    try:
+        mlflow.end_run("FAILED")  # pops the active run first: MLflow's atexit cannot end it FINISHED
+    except Exception:  # still unreachable: the next track step ends it
+        _write_pending(root, {**json.loads((root / PENDING).read_text()), "error": line,
+                              "failed_at": int(time.time() * 1000)})
+        fate = "stays RUNNING until the next track step marks it FAILED"
+    else:
+        with contextlib.suppress(Exception):
+            mlflow.MlflowClient().set_tag(run_id, "track.error", line[:8000])
+        (root / PENDING).unlink(missing_ok=True)
+        fate = "is marked FAILED"
+    raise TrackingError(f"tracking: {line}; run {run_id} {fate}; {todo}.") from None
 
 
 def link_report(root: Path, config: dict[str, Any], result: dict[str, Any]) -> None:
@@ -286,19 +479,34 @@ def link_report(root: Path, config: dict[str, Any], result: dict[str, Any]) -> N
     run_file = root / "results" / "run.json"
     if not run_file.exists():
         return
+    from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     run_id = _read(run_file)["run_id"]
-    relocate_store(root, config["tracking"])
-    client = MlflowClient(tracking_uri(root, config["tracking"]))
+    tracking = config["tracking"]
+    bound_http(tracking)
+    relocate_store(root, tracking)
+    client = MlflowClient(tracking_uri(root, tracking))
     try:
         client.get_run(run_id)
-    except MlflowException:
-        # A fresh clone reuses the committed results: their run lives in the author's store.
-        print(f"verify: MLflow run {run_id} is not in this store; the report stays in results/")
-        return
-    for name in ("report.md", "curves.png", "verify.json"):
-        client.log_artifact(run_id, str(root / "results" / name), artifact_path="reproduction")
-    client.set_tag(run_id, "verify.status", result["status"])
-    client.set_tag(run_id, "reproduction.report", "reproduction/report.md")
+    except MlflowException as error:
+        if "API request to" not in str(error):  # the store answered: it has no such run
+            # A fresh clone reuses the committed results: their run lives in the author's store.
+            print(f"verify: MLflow run {run_id} is not in this store; the report stays in results/")
+            return
+        what, todo = describe_failure(error, tracking)
+        raise TrackingError(f"tracking: {_where(tracking)} {what}; the report stays in results/ "
+                            f"and is not attached to run {run_id}; {todo}.") from None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            for name in ("report.md", "curves.png", "verify.json"):
+                shutil.copy2(root / "results" / name, folder / name)
+            client.log_artifacts(run_id, str(folder), artifact_path="reproduction")
+        client.log_batch(run_id, tags=[RunTag("verify.status", result["status"]),
+                                       RunTag("reproduction.report", "reproduction/report.md")])
+    except Exception as error:
+        what, todo = describe_failure(error, tracking)
+        raise TrackingError(f"tracking: {_where(tracking)} {what}; the report stays in results/ "
+                            f"and may be attached to run {run_id} only in part; {todo}.") from None

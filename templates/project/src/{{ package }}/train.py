@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data, model, provenance, tracking
+from . import data, model, provenance
 
 
 def seed_everything(seed: int) -> None:
@@ -22,7 +22,6 @@ def seed_everything(seed: int) -> None:
 
 def train(prepared: Path, models: Path, config: dict[str, Any]) -> list[dict[str, float]]:
     provenance.check_lock()  # fail before training, not after hours of it
-    tracking.preflight(config["tracking"])
     seed_everything(config["seed"])
     x, y = data.load_split(prepared, "train")
     fitted, history, runtime = model.fit(

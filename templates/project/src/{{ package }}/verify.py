@@ -20,7 +20,8 @@ from . import data, provenance
 
 REFERENCE = "reference"
 COMPARED_PARAMS = ("seed", "data", "prepare", "train")
-CODE_PATHS = ("src", "workflow", "config", "dvc.yaml", "requirements.lock", "requirements-torch.txt")
+CODE_PATHS = ("src", "workflow", "config", "dvc.yaml", "requirements.lock", "requirements-torch-cpu.lock",
+              "requirements-torch-cuda.lock")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
