@@ -15,8 +15,9 @@ from reprostack.generate import generate
 _NEW_HELP = """\
 Generate a reproducible ML research project in DIR.
 
-Asks for: project name, author, framework (pytorch | sklearn), data source (sample | huggingface |
-git | url, each pinned by revision, commit or sha256), Chameleon site and node type, and the seed.
+Asks for: project name, author (and, optionally, email and affiliation), framework (pytorch |
+sklearn), data source (sample | huggingface | git | url, each pinned by revision, commit or
+sha256), Chameleon site and node type, and the seed.
 The project is rendered in a temporary folder and moved into DIR only when every step succeeded;
 it gets a git repository with a first commit, DVC with a local remote beside it (no server), and
 MLflow tracking in a local SQLite store (no server).

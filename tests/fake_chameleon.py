@@ -3,8 +3,11 @@
 
 Stdlib only. Serves, on 127.0.0.1, under one port:
 
-    /v3/...               Keystone v3 (password auth, token validation)
-    /reservation/v1/...   Blazar (leases)
+    /v3/...               Keystone v3 (password, application-credential and token auth, token
+                          validation, OIDC federation: /v3/OS-FEDERATION/.../protocols/openid/auth)
+    /oidc/...             the identity provider of Chameleon's password openrc (v3oidcpassword):
+                          discovery document and token endpoint (password grant)
+    /reservation/v1/...   Blazar (leases, hosts with their node_type)
     /compute/v2.1/...     Nova (servers, flavors, keypairs)
     /network/v2.0/...     Neutron (networks, ports, floating IPs, security groups)
     /image/v2/...         Glance (images, schemas)
@@ -24,7 +27,9 @@ Knobs (attributes, safe to change while running):
     lease_final_status  "ACTIVE" (default), "ERROR", or None (never leaves PENDING)
     server_final_status "ACTIVE" (default), "ERROR", or None (never leaves BUILD)
     gets_to_transition  how many GETs of a lease/server before it moves on (default 1)
-    password            the only password Keystone accepts
+    password            the only password Keystone (and the identity provider) accepts
+    app_cred_id, app_cred_secret   the application credential Keystone accepts; like Keystone, a
+                        request that also asks for a scope is refused (401)
 Inspection: leases(), servers(), floating_ips(), ports(), keypairs(), security_groups(),
     flavors_named(prefix), requests (log), requests_matching(method, substring), reset().
 
@@ -36,6 +41,7 @@ against the amount; deleting the lease deletes the flavor and its servers.
 """
 
 import argparse
+import base64
 import copy
 import datetime as dt
 import json
@@ -72,6 +78,12 @@ def _iso(t):
 
 def _uuid():
     return str(uuid.uuid4())
+
+
+def _basic_auth_user(header):
+    if not header or not header.startswith("Basic "):
+        return None
+    return base64.b64decode(header[len("Basic ") :]).decode().partition(":")[0]
 
 
 class HTTPError(Exception):
@@ -120,6 +132,8 @@ class FakeChameleon:
             flavor_capacity if flavor_capacity is not None else DEFAULT_FLAVOR_CAPACITY
         )
         self.image_names = list(images or DEFAULT_IMAGES)
+        self.app_cred_id, self.app_cred_secret = uuid.uuid4().hex, "app-cred-" + uuid.uuid4().hex[:12]
+        self.identity_provider, self.protocol, self.client_id = "chameleon", "openid", "keystone-fake-prod"
         self.lock = threading.RLock()
         self._httpd = None
         self._thread = None
@@ -155,8 +169,28 @@ class FakeChameleon:
     def auth_url(self):
         return self.url + "/v3"
 
-    def os_env(self, password=None):
-        """OS_* variables that point python-chi at this fake."""
+    def os_env(self, password=None, auth="password"):
+        """OS_* variables that point python-chi at this fake: auth is "password" (v3password),
+        "appcred" (an application credential, no project: as Chameleon's openrc for one) or "oidc"
+        (Chameleon's password openrc, without OS_PASSWORD unless given)."""
+        base = {
+            "OS_AUTH_URL": self.auth_url,
+            "OS_IDENTITY_API_VERSION": "3",
+            "OS_INTERFACE": "public",
+            "OS_REGION_NAME": self.region,
+        }
+        if auth == "appcred":
+            return {**base, "OS_AUTH_TYPE": "v3applicationcredential",
+                    "OS_APPLICATION_CREDENTIAL_ID": self.app_cred_id,
+                    "OS_APPLICATION_CREDENTIAL_SECRET": self.app_cred_secret}
+        if auth == "oidc":
+            oidc = {**base, "OS_AUTH_TYPE": "v3oidcpassword", "OS_PROJECT_ID": self.project_id,
+                    "OS_USERNAME": self.username, "OS_PROTOCOL": self.protocol,
+                    "OS_IDENTITY_PROVIDER": self.identity_provider,
+                    "OS_DISCOVERY_ENDPOINT": self.url + "/oidc/.well-known/openid-configuration",
+                    "OS_CLIENT_ID": self.client_id, "OS_ACCESS_TOKEN_TYPE": "access_token",
+                    "OS_CLIENT_SECRET": "none"}
+            return {**oidc, "OS_PASSWORD": password} if password else oidc
         return {
             "OS_AUTH_URL": self.auth_url,
             "OS_AUTH_TYPE": "v3password",
@@ -181,6 +215,7 @@ class FakeChameleon:
             self.server_final_status = "ACTIVE"
             self.gets_to_transition = 1
             self.tokens = {}
+            self.access_tokens = set()  # the identity provider's, for the federation endpoint
             self._leases, self._servers, self._fips, self._ports = {}, {}, {}, {}
             self._keypairs, self._secgroups = {}, {}
             self.requests = []
@@ -350,6 +385,8 @@ class FakeChameleon:
             return 300, {"versions": {"values": [self._keystone_version()]}}
         if path.startswith("/v3"):
             return self._keystone(method, path[3:], headers, body)
+        if path.startswith("/oidc/"):
+            return self._oidc(method, path[len("/oidc") :], headers, body)
         token = headers.get("X-Auth-Token")
         # Version documents are unauthenticated, like the real services.
         for prefix, fn in (
@@ -415,11 +452,11 @@ class FakeChameleon:
             ],
         }
 
-    def _token_body(self):
+    def _token_body(self, methods=("password",), scoped=True):
         now = _now()
-        return {
+        body = {
             "token": {
-                "methods": ["password"],
+                "methods": list(methods),
                 "expires_at": _iso(now + dt.timedelta(hours=8)).replace("Z", ".000000Z"),
                 "issued_at": _iso(now).replace("Z", ".000000Z"),
                 "audit_ids": [uuid.uuid4().hex[:22]],
@@ -439,6 +476,31 @@ class FakeChameleon:
                 "catalog": self._catalog(),
             }
         }
+        if not scoped:  # an unscoped token, as federation hands out: no project, no catalog
+            for key in ("project", "roles", "is_domain", "catalog"):
+                del body["token"][key]
+        return body
+
+    # ------------------------------------------------------------------ identity provider (OIDC)
+    def _oidc(self, method, sub, headers, body):
+        """Keycloak's part of Chameleon's password openrc: discovery, then the password grant."""
+        if sub == "/.well-known/openid-configuration" and method == "GET":
+            return 200, {
+                "issuer": self.url + "/oidc",
+                "token_endpoint": self.url + "/oidc/token",
+                "grant_types_supported": ["authorization_code", "password", "refresh_token"],
+            }
+        if sub == "/token" and method == "POST":
+            form = body or {}
+            client = _basic_auth_user(headers.get("Authorization")) or form.get("client_id")
+            if form.get("grant_type") != "password" or client != self.client_id:
+                raise HTTPError(400, {"error": "unauthorized_client"})
+            if form.get("username") != self.username or form.get("password") != self.password:
+                raise HTTPError(401, {"error": "invalid_grant", "error_description": "Invalid credentials"})
+            token = "oidc-" + uuid.uuid4().hex
+            self.access_tokens.add(token)
+            return 200, {"access_token": token, "token_type": "Bearer", "expires_in": 300}
+        raise HTTPError(404, {"error": "not found"})
 
     def _keystone(self, method, sub, headers, body):
         sub = sub.rstrip("/")
@@ -463,10 +525,19 @@ class FakeChameleon:
                 ) and user.get("password") == self.password
             elif "token" in ident.get("methods", []):
                 ok = ident.get("token", {}).get("id") in self.tokens
+            elif "application_credential" in ident.get("methods", []):
+                cred = ident.get("application_credential", {})
+                ok = cred.get("id") == self.app_cred_id and cred.get("secret") == self.app_cred_secret
+                if ok and (body or {}).get("auth", {}).get("scope"):
+                    # Keystone: the credential is bound to its project; any scope is refused.
+                    refused = "Application credentials cannot request a scope."
+                    raise HTTPError(401, {"error": {"code": 401, "title": "Unauthorized",
+                                                    "message": refused}})
             else:
                 ok = False
             if not ok:
                 raise unauth
+            methods = [m for m in ident.get("methods", []) if m != "token"] or ["mapped"]
             scope = (body or {}).get("auth", {}).get("scope", {}).get("project")
             if (
                 scope
@@ -476,7 +547,16 @@ class FakeChameleon:
                 raise unauth
             tok = uuid.uuid4().hex
             self.tokens[tok] = True
-            return 201, self._token_body(), {"X-Subject-Token": tok}
+            return 201, self._token_body(methods), {"X-Subject-Token": tok}
+        idp, proto = self.identity_provider, self.protocol
+        if sub == f"/OS-FEDERATION/identity_providers/{idp}/protocols/{proto}/auth":
+            # Behind Keystone's OIDC module: the bearer token is checked with the identity provider.
+            bearer = (headers.get("Authorization") or "").removeprefix("Bearer ")
+            if bearer not in self.access_tokens:
+                raise unauth
+            tok = uuid.uuid4().hex
+            self.tokens[tok] = True
+            return 201, self._token_body(["mapped"], scoped=False), {"X-Subject-Token": tok}
         if headers.get("X-Auth-Token") not in self.tokens:
             raise unauth
         if sub == "/auth/tokens" and method == "GET":
@@ -562,6 +642,16 @@ class FakeChameleon:
 
     def _blazar(self, method, sub, query, body):
         parts = [p for p in sub.split("/") if p]  # ["v1", "leases", id?]
+        if parts == ["v1", "os-hosts"] and method == "GET":
+            # Chameleon's hosts carry their extra capabilities, node_type among them.
+            hosts = [
+                {"id": str(1000 + i), "hypervisor_hostname": f"{ntype}-{n:03d}", "node_type": ntype,
+                 "reservable": True, "vcpus": 48, "memory_mb": 196608, "local_gb": 200}
+                for i, (ntype, n) in enumerate(
+                    (ntype, n) for ntype, count in sorted(self.capacity.items()) for n in range(count)
+                )
+            ]
+            return 200, {"hosts": hosts}
         if len(parts) < 2 or parts[0] != "v1" or parts[1] != "leases":
             raise _blazar_err(404, f"Resource not found: {sub}")
         lid = parts[2] if len(parts) > 2 else None
@@ -1219,7 +1309,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
-            body = json.loads(raw) if raw else None
+            if "x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
+                body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+            else:
+                body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         query = parse_qs(split.query)

@@ -4,7 +4,11 @@ processes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import pty
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +48,61 @@ def project(tmp_path: Path, env: dict[str, str], fake: FakeChameleon) -> Project
 def state(project: Project) -> dict:
     path = project.path / ".chameleon" / "state.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def no_tty(project: Project, *cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """A command with no terminal on stdin (so nothing can be asked), whatever runs pytest."""
+    return subprocess.run(cmd, cwd=project.path, env=env or project.env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+
+
+def without_os(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("OS_")}
+
+
+# Chameleon's openrc files, as its sites hand them out (values point at the fake). The password one
+# as published copies show it (e.g. github.com/inference-serving/LLM-serving-with-proxy-models,
+# CHI-241297-openrc.sh); the application-credential one as Horizon writes it for a credential.
+PASSWORD_OPENRC = """#!/usr/bin/env bash
+export OS_AUTH_URL={auth_url}
+export OS_IDENTITY_API_VERSION=3
+export OS_INTERFACE=public
+export OS_PROJECT_ID="{project_id}"
+export OS_USERNAME="{username}"
+export OS_PROTOCOL="openid"
+export OS_AUTH_TYPE="v3oidcpassword"
+echo "($OS_USERNAME) Please enter your Chameleon CLI password: "
+read -sr OS_PASSWORD_INPUT
+export OS_PASSWORD=$OS_PASSWORD_INPUT
+export OS_IDENTITY_PROVIDER="chameleon"
+export OS_DISCOVERY_ENDPOINT="{url}/oidc/.well-known/openid-configuration"
+export OS_CLIENT_ID="{client_id}"
+export OS_ACCESS_TOKEN_TYPE="access_token"
+export OS_CLIENT_SECRET="none"
+export OS_REGION_NAME="{region}"
+if [ -z "$OS_REGION_NAME" ]; then unset OS_REGION_NAME; fi
+"""
+APP_CRED_OPENRC = """#!/usr/bin/env bash
+export OS_AUTH_TYPE=v3applicationcredential
+export OS_AUTH_URL={auth_url}
+export OS_IDENTITY_API_VERSION=3
+export OS_REGION_NAME="{region}"
+export OS_INTERFACE=public
+export OS_APPLICATION_CREDENTIAL_ID={app_cred_id}
+export OS_APPLICATION_CREDENTIAL_SECRET={app_cred_secret}
+"""
+
+
+def write_openrc(project: Project, fake: FakeChameleon, template: str) -> None:
+    names = ("auth_url", "project_id", "username", "url", "client_id", "region",
+             "app_cred_id", "app_cred_secret")
+    values = {name: getattr(fake, name) for name in names}
+    (project.path / "site-openrc.sh").write_text(template.format(**values))
+    project.set_config("chameleon.openrc", "site-openrc.sh")
+
+
+def token_requests(fake: FakeChameleon) -> list[dict]:
+    return [r for r in fake.requests_matching("POST", "/v3/auth/tokens") if r["body"]]
 
 
 def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> None:
@@ -111,8 +170,8 @@ def test_no_capacity_is_named(project: Project, fake: FakeChameleon) -> None:
 
 
 def test_missing_and_wrong_credentials(project: Project, fake: FakeChameleon) -> None:
-    missing = Project(project.path, {k: v for k, v in project.env.items() if k != "OS_PASSWORD"})
-    failed = missing.run("snakemake", "-c1", "provision", check=False)
+    missing = {k: v for k, v in project.env.items() if k != "OS_PASSWORD"}
+    failed = no_tty(project, "snakemake", "-c1", "provision", env=missing)
     assert failed.returncode != 0 and "credentials missing: OS_PASSWORD" in failed.stderr
     wrong = Project(project.path, {**project.env, "OS_PASSWORD": "wrong-password"})
     failed = wrong.run("snakemake", "-c1", "provision", check=False)
@@ -128,6 +187,8 @@ def test_timeout_says_how_long_and_error_is_not_reused(project: Project, fake: F
     assert failed.returncode != 0
     assert "after waiting 1 s" in failed.stderr and "run teardown" in failed.stderr
     assert state(project)["lease_id"] == fake.leases()[0]["id"], "recorded, so teardown can delete it"
+    held = f"still held at CHI@UC: lease {state(project)['lease_name']} ({state(project)['lease_id']}); "
+    assert held + "release them with `snakemake -c1 teardown`" in failed.stderr
     project.run("snakemake", "-c1", "teardown")
     assert fake.is_empty()
 
@@ -147,12 +208,6 @@ def test_unknown_node_type_lists_the_known_ones(project: Project) -> None:
     assert failed.returncode != 0
     assert "chameleon.node_type: 'gpu_v100_imaginary' is not a known node type at CHI@UC" in failed.stderr
     assert "gpu_rtx_6000" in failed.stderr
-
-
-def test_trovi_json(project: Project) -> None:
-    trovi = json.loads((project.path / "trovi.json").read_text())
-    assert trovi["name"] == "digits-repro" and trovi["actionApplication"]["trovi_type"] == "jupyterhub"
-    assert trovi["author"][0]["name"] and "reproducibility" in trovi["keywords"]
 
 
 def test_configure_run_and_collect_through_the_command_runner(
@@ -303,3 +358,139 @@ def test_kvm_default_flavor_and_site_checks(tmp_path: Path, env: dict[str, str])
     project.set_config("chameleon.open_ports", [70000])
     failed = project.run("snakemake", "-c1", "plan", check=False)
     assert failed.returncode != 0 and "open_ports" in failed.stderr and "70000" in failed.stderr
+
+
+def test_application_credential_openrc_is_unscoped(project: Project, fake: FakeChameleon) -> None:
+    """Chameleon's application-credential openrc has no project; a leftover OS_PROJECT_ID is not
+    sent, since Keystone refuses a scope with an application credential (the fake does too)."""
+    import requests
+
+    write_openrc(project, fake, APP_CRED_OPENRC)
+    env = {**without_os(project.env), "OS_PROJECT_ID": fake.project_id, "OS_PROJECT_NAME": fake.project_name}
+    checked = no_tty(project, "python", "workflow/scripts/chameleon.py", "check", env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "checks passed at CHI@UC (v3applicationcredential)" in checked.stdout
+    [auth] = [r["body"]["auth"] for r in token_requests(fake)]
+    assert auth["identity"]["methods"] == ["application_credential"] and "scope" not in auth
+    assert fake.app_cred_secret not in checked.stdout + checked.stderr
+    scoped = requests.post(fake.auth_url + "/auth/tokens", json={"auth": {
+        "identity": {"methods": ["application_credential"], "application_credential": {
+            "id": fake.app_cred_id, "secret": fake.app_cred_secret}},
+        "scope": {"project": {"id": fake.project_id}}}}, timeout=10)
+    assert scoped.status_code == 401 and "cannot request a scope" in scoped.text
+
+    wrong = {**env, "OS_APPLICATION_CREDENTIAL_SECRET": "revoked"}
+    failed = no_tty(project, "python", "workflow/scripts/chameleon.py", "check", env=wrong)
+    assert failed.returncode != 0 and "application credential: wrong, expired or revoked" in failed.stderr
+
+
+def test_password_openrc_takes_the_environment_or_asks(project: Project, fake: FakeChameleon) -> None:
+    """Chameleon's password openrc (v3oidcpassword): its `export OS_PASSWORD=$OS_PASSWORD_INPUT` is
+    never taken literally; the password comes from OS_PASSWORD, else from the terminal, else the
+    command stops naming OS_PASSWORD. The OIDC exchange runs against the fake identity provider."""
+    write_openrc(project, fake, PASSWORD_OPENRC)
+    env = without_os(project.env)
+    check = ("python", "workflow/scripts/chameleon.py", "check")
+    failed = no_tty(project, *check, env=env)
+    assert failed.returncode != 0
+    assert failed.stderr.strip().splitlines()[-1].startswith("chameleon: credentials missing: OS_PASSWORD ")
+    assert fake.requests == [], "nothing sent, least of all the password '$OS_PASSWORD_INPUT'"
+
+    passed = no_tty(project, *check, env={**env, "OS_PASSWORD": "right-password"})
+    assert passed.returncode == 0, passed.stderr
+    assert "checks passed at CHI@UC (v3oidcpassword)" in passed.stdout
+    [grant] = [r["body"] for r in fake.requests_matching("POST", "/oidc/token")]
+    assert (grant["grant_type"], grant["username"], grant["password"]) == ("password", fake.username,
+                                                                           "right-password")
+    assert fake.requests_matching("POST", "/OS-FEDERATION/identity_providers/chameleon/protocols/openid/auth")
+    [rescope] = [r["body"]["auth"] for r in token_requests(fake)]
+    assert rescope["scope"]["project"]["id"] == fake.project_id, "the federated token, scoped to the project"
+
+    fake.reset()
+    fake.add_keypair(KEY)
+    main, child = pty.openpty()  # a terminal, in a session of its own: getpass reads it as stdin
+    proc = subprocess.Popen(check, cwd=project.path, env=env, stdin=child, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    os.close(child)
+    out = err = ""
+    try:  # getpass flushes what was typed before its prompt: type until the command is done
+        for _ in range(120):
+            os.write(main, b"right-password\n")
+            try:
+                out, err = proc.communicate(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        proc.kill()
+        os.close(main)
+    assert proc.returncode == 0, err
+    assert "Chameleon password for testuser" in out + err and "checks passed at CHI@UC" in out
+    assert not (project.path / ".chameleon").exists(), "the password is kept nowhere"
+
+
+def test_checks_before_reserving_name_the_field(project: Project, fake: FakeChameleon) -> None:
+    """Key pair, image, node type: each failure one line naming its field, all of them at once; the
+    duration and the credentials' region likewise. No lease is asked for."""
+    project.set_config("chameleon.key_name", "someone-elses-key")
+    with fake.lock:
+        del fake.capacity["gpu_rtx_6000"]  # the site no longer offers the node type
+        [cuda] = [i for i, image in fake.images.items() if image["name"] == "CC-Ubuntu24.04-CUDA"]
+        del fake.images[cuda]
+    failed = project.run("snakemake", "-c1", "provision", check=False)
+    assert failed.returncode != 0
+    lines = failed.stderr.splitlines()
+    for expected in (
+        f"chameleon.key_name: key pair 'someone-elses-key' does not exist at CHI@UC; yours there: {KEY}",
+        "chameleon.image: image 'CC-Ubuntu24.04-CUDA' does not exist at CHI@UC",
+        "chameleon.node_type: node type 'gpu_rtx_6000' is not offered at CHI@UC; it offers: compute_skylake",
+    ):
+        assert any(line.startswith(expected) for line in lines), (expected, failed.stderr)
+    assert "3 check(s) failed; nothing was reserved" in failed.stderr
+
+    project.set_config("chameleon.key_name", KEY)
+    project.set_config("chameleon.duration_hours", 200)  # the config schema's bound and the site's
+    failed = project.run("python", "workflow/scripts/chameleon.py", "provision", check=False)
+    assert failed.returncode != 0 and "chameleon.duration_hours: 200 " in failed.stderr.splitlines()[-1]
+    assert "168" in failed.stderr.splitlines()[-1]
+    spec = importlib.util.spec_from_file_location("chameleon", project.path / "workflow/scripts/chameleon.py")
+    chameleon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chameleon)  # the site's own limit, whatever the schema allows
+    with pytest.raises(SystemExit, match=r"chameleon\.duration_hours: 200 is outside CHI@UC's lease limit"):
+        chameleon.settings({"chameleon": {"site": "CHI@UC", "node_type": "gpu_p100", "duration_hours": 200}})
+
+    project.set_config("chameleon.duration_hours", 4)
+    other = {**project.env, "OS_REGION_NAME": "KVM@TACC"}
+    failed = no_tty(project, "snakemake", "-c1", "provision", env=other)
+    assert "chameleon.site: 'CHI@UC', but the credentials say OS_REGION_NAME=KVM@TACC" in failed.stderr
+    unnamed = {k: v for k, v in project.env.items() if k != "OS_REGION_NAME"}
+    fake.region = "KVM@TACC"  # the token's catalog is another site's
+    try:
+        failed = no_tty(project, "snakemake", "-c1", "provision", env=unnamed)
+    finally:
+        fake.region = "CHI@UC"
+    assert "chameleon.site: 'CHI@UC', but the credentials' service catalog is for KVM@TACC" in failed.stderr
+    assert fake.requests_matching("POST", "/leases") == [] and fake.leases() == []
+    assert not (project.path / ".chameleon" / "state.json").exists()
+
+
+def test_kvm_open_ports_never_touch_firewalld(kvm_project: Project, tmp_path: Path) -> None:
+    """On KVM the security group is the firewall: configure opens nothing in firewalld, so a node
+    where firewalld is stopped (firewall-cmd fails) configures all the same."""
+    stub = tmp_path / "stub-bin"
+    stub.mkdir()
+    (stub / "firewall-cmd").write_text(
+        '#!/usr/bin/env bash\necho "firewall-cmd $*" >> "$HOME/../firewall.log"\n'
+        'echo "FirewallD is not running" >&2\nexit 252\n'
+    )
+    (stub / "docker").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (stub / "sudo").write_text('#!/usr/bin/env bash\nexec "$@"\n')
+    for tool in stub.iterdir():
+        tool.chmod(0o755)
+    node = tmp_path / "node"
+    env = {**kvm_project.env, "REPROSTACK_NODE_ROOT": str(node), "HOME": str(node),
+           "PATH": f"{stub}:{kvm_project.env['PATH']}"}
+    configured = Project(kvm_project.path, env).run("snakemake", "-c1", "configure")
+    said = "remote: KVM: the security group lets in tcp 22, 8888; firewalld is left alone"
+    assert said in configured.stdout
+    assert not (tmp_path / "firewall.log").exists()

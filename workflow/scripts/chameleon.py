@@ -4,6 +4,7 @@
     python workflow/scripts/chameleon.py provision   # lease + server + floating IP (+ security group
                                                      # on KVM), wait for SSH
     python workflow/scripts/chameleon.py teardown    # delete exactly what the state file names
+    python workflow/scripts/chameleon.py check       # credentials and the site checks; reserves nothing
 
 Everything created is written to the state file (.chameleon/state.json, gitignored) as soon as it
 exists, by id; a rerun looks resources up by those ids (never by name, which python-chi's own
@@ -14,7 +15,15 @@ Bare metal (CHI@TACC, CHI@UC): a node reservation plus a floating-IP reservation
 firewalld already lets SSH in, and `chameleon.open_ports` are opened there by `configure`.
 KVM@TACC: a flavor reservation (Blazar makes a private flavor "reservation:<id>" that the server
 must be launched on), an allocated floating IP, and a security group of our own for SSH and
-`chameleon.open_ports`, since KVM lets nothing in by default.
+`chameleon.open_ports`, since KVM lets nothing in by default; the group is the firewall there, and
+nothing on a KVM instance depends on firewalld.
+
+Credentials, as Chameleon hands them out: an application credential (OS_AUTH_TYPE=
+v3applicationcredential; it carries its own project, and Keystone refuses it any scope), the
+password openrc (v3oidcpassword through Chameleon's identity provider; the password comes from
+OS_PASSWORD or is asked for on the terminal, never stored), or plain v3password OS_* variables.
+Before a lease is asked for, the key pair, the image, the node type or flavor, the credentials'
+region and the duration are checked at the site; each failure is one line naming its field.
 """
 
 from __future__ import annotations
@@ -44,10 +53,17 @@ NODE_TYPES = {
 }
 FLAVORS = {"g1.h100.pci.1": "nvidia", "m1.xlarge": "cpu", "m1.large": "cpu"}  # KVM@TACC
 IMAGES = {"nvidia": "CC-Ubuntu24.04-CUDA", "amd": "CC-Ubuntu24.04-ROCm", "cpu": "CC-Ubuntu24.04"}
-CREDENTIAL_SETS = (
-    ("OS_USERNAME", "OS_PASSWORD"),
-    ("OS_APPLICATION_CREDENTIAL_ID", "OS_APPLICATION_CREDENTIAL_SECRET"),
-)
+AUTH_TYPES = ("v3applicationcredential", "v3oidcpassword", "v3password")
+# Variables that ask Keystone for a project scope. An application credential is bound to its
+# project, and Keystone answers any scoped request with 401 "Application credentials cannot request
+# a scope", so they are dropped (in this process only) when one is used.
+PROJECT_SCOPE = ("OS_PROJECT_ID", "OS_PROJECT_NAME", "OS_PROJECT_DOMAIN_ID", "OS_PROJECT_DOMAIN_NAME",
+                 "OS_TENANT_ID", "OS_TENANT_NAME", "OS_DOMAIN_ID", "OS_DOMAIN_NAME")
+# Chameleon's lease policy: "resource reservations (leases) are limited to a duration of 7 days";
+# an active lease can be prolonged near its end, and a longer one needs a one-time exception from the
+# help desk (ChameleonCloud/docs, source/technical/reservations.rst, section "lease-policy").
+MAX_LEASE_HOURS = {"CHI@TACC": 7 * 24, "CHI@UC": 7 * 24, "KVM@TACC": 7 * 24}
+TEARDOWN = "snakemake -c1 teardown"
 
 
 class ChameleonError(SystemExit):
@@ -79,6 +95,12 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
             f"accepted: {', '.join(known)}"
         )
     cham["kind"] = SITES[site]
+    hours, limit = cham["duration_hours"], MAX_LEASE_HOURS[site]
+    if not isinstance(hours, int | float) or isinstance(hours, bool) or not 0 < hours <= limit:
+        raise ChameleonError(
+            f"chameleon.duration_hours: {hours!r} is outside {site}'s lease limit; accepted: more than 0 "
+            f"and at most {limit} (Chameleon's leases last at most 7 days; prolong an active one instead)"
+        )
     ports = cham["open_ports"]
     bad = [p for p in ports if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535]
     if bad:
@@ -96,60 +118,200 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_openrc(path: Path) -> None:
-    """`export OS_X=value` lines from an openrc file into the environment (values already set win)."""
+    """`export OS_X=value` lines from an openrc file into the environment (values already set win).
+
+    Values the shell would compute are skipped, never taken literally. Chameleon's password openrc
+    (the "OpenStack RC File" its sites hand out, e.g. CHI-<project>-openrc.sh) reads the password
+    with `read -sr OS_PASSWORD_INPUT`, then runs `export OS_PASSWORD=$OS_PASSWORD_INPUT`; it sets
+    OS_AUTH_TYPE=v3oidcpassword, OS_IDENTITY_PROVIDER=chameleon, OS_PROTOCOL=openid,
+    OS_DISCOVERY_ENDPOINT=https://auth.chameleoncloud.org/auth/realms/chameleon/.well-known/
+    openid-configuration, OS_CLIENT_ID=keystone-<site>-prod, OS_CLIENT_SECRET=none,
+    OS_ACCESS_TOKEN_TYPE=access_token, OS_USERNAME, OS_PROJECT_ID and OS_REGION_NAME (shape as found
+    in public copies, e.g. github.com/inference-serving/LLM-serving-with-proxy-models CHI-241297-openrc.sh).
+    """
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
-            if key.startswith("OS_") and value and not value.startswith("$("):
-                os.environ.setdefault(key, shlex.split(value)[0] if value.strip() else "")
+        if not line.startswith("export "):
+            continue
+        key, _, value = line[len("export ") :].partition("=")
+        key, value = key.strip(), value.strip()
+        if not key.startswith("OS_") or ("$" in value and not value.startswith("'")):
+            continue  # `$VAR`, `$(cmd)`: the shell's to expand, not a value
+        try:
+            words = shlex.split(value, comments=True)
+        except ValueError:
+            continue
+        if words:
+            os.environ.setdefault(key, words[0])
+
+
+def _auth_type() -> str:
+    chosen = os.environ.get("OS_AUTH_TYPE")
+    if chosen:
+        return chosen
+    return "v3applicationcredential" if os.environ.get("OS_APPLICATION_CREDENTIAL_ID") else "v3password"
+
+
+def _ask_password() -> str:
+    """OS_PASSWORD for the password openrc: asked on the terminal, kept in this process only."""
+    user = os.environ.get("OS_USERNAME", "")
+    if not sys.stdin.isatty():
+        raise ChameleonError(
+            "chameleon: credentials missing: OS_PASSWORD (not set, and no terminal to ask on); "
+            "export OS_PASSWORD, or source your openrc in this shell (it asks for the password)"
+        )
+    import getpass
+
+    password = getpass.getpass(f"Chameleon password for {user}: ")
+    if not password:
+        raise ChameleonError("chameleon: credentials missing: OS_PASSWORD (nothing was typed)")
+    return password
 
 
 def check_credentials(cham: dict[str, Any]) -> None:
-    """Name every missing OS_* variable before anything is asked of the testbed."""
+    """Name every missing OS_* variable before anything is asked of the testbed, then authenticate
+    and check that the credentials are for chameleon.site."""
     if cham.get("openrc"):
         openrc = Path(cham["openrc"]).expanduser()
         openrc = openrc if openrc.is_absolute() else ROOT / openrc
         if not openrc.is_file():
             raise ChameleonError(f"chameleon.openrc: '{cham['openrc']}' is not a file")
         load_openrc(openrc)
-    missing = [name for name in ("OS_AUTH_URL",) if not os.environ.get(name)]
-    if not (os.environ.get("OS_PROJECT_ID") or os.environ.get("OS_PROJECT_NAME")):
-        missing.append("OS_PROJECT_ID (or OS_PROJECT_NAME)")
-    if not any(all(os.environ.get(v) for v in pair) for pair in CREDENTIAL_SETS):
-        have_user = bool(os.environ.get("OS_USERNAME"))
-        missing.append(
-            "OS_PASSWORD" if have_user else "OS_USERNAME and OS_PASSWORD (or an application credential)"
+    auth = _auth_type()
+    if auth not in AUTH_TYPES:
+        raise ChameleonError(
+            f"chameleon: OS_AUTH_TYPE '{auth}' is not supported; accepted: {', '.join(AUTH_TYPES)}"
         )
+    if os.environ.get("OS_PASSWORD", "").startswith("$"):
+        del os.environ["OS_PASSWORD"]  # an openrc's `$OS_PASSWORD_INPUT`, copied without the shell
+    env = os.environ.get
+    missing = [] if env("OS_AUTH_URL") else ["OS_AUTH_URL"]
+    if auth == "v3applicationcredential":
+        named = env("OS_APPLICATION_CREDENTIAL_NAME") and env("OS_USERNAME")
+        if not (env("OS_APPLICATION_CREDENTIAL_ID") or named):
+            missing.append("OS_APPLICATION_CREDENTIAL_ID")
+        if not env("OS_APPLICATION_CREDENTIAL_SECRET"):
+            missing.append("OS_APPLICATION_CREDENTIAL_SECRET")
+        for name in PROJECT_SCOPE:
+            os.environ.pop(name, None)
+    else:
+        needed = ["OS_USERNAME"]
+        if auth == "v3oidcpassword":
+            needed += ["OS_IDENTITY_PROVIDER", "OS_PROTOCOL", "OS_CLIENT_ID"]
+            if not (env("OS_DISCOVERY_ENDPOINT") or env("OS_ACCESS_TOKEN_ENDPOINT")):
+                needed.append("OS_DISCOVERY_ENDPOINT")
+        missing += [name for name in needed if not env(name)]
+        if not (env("OS_PROJECT_ID") or env("OS_PROJECT_NAME")):
+            missing.append("OS_PROJECT_ID (or OS_PROJECT_NAME)")
     if missing:
         raise ChameleonError(
             "chameleon: credentials missing: "
             + ", ".join(missing)
             + ". Source your project's openrc file (or set chameleon.openrc in config/config.yaml)."
         )
+    password = None if auth == "v3applicationcredential" or env("OS_PASSWORD") else _ask_password()
     os.environ.setdefault("OS_REGION_NAME", cham["site"])
-    os.environ.setdefault(
-        "OS_AUTH_TYPE",
-        "v3applicationcredential" if os.environ.get("OS_APPLICATION_CREDENTIAL_ID") else "v3password",
-    )
+    os.environ["OS_AUTH_TYPE"] = auth
     os.environ.setdefault("OS_INTERFACE", "public")
     os.environ.setdefault("OS_IDENTITY_API_VERSION", "3")
     import chi.context
 
     chi.context.reset()
+    if password:
+        chi.context.set("password", password)  # in memory only: never in the environment or a file
     from keystoneauth1 import exceptions as ks
 
+    adapter = chi.context.session()
+    session = getattr(adapter, "session", adapter)
     try:
-        chi.context.session().get_token()
+        access = session.auth.get_access(session)
     except ks.Unauthorized:
+        why = (
+            "application credential: wrong, expired or revoked"
+            if auth == "v3applicationcredential"
+            else f"{auth}: wrong username or password"
+        )
         raise ChameleonError(
             f"chameleon: Keystone at {os.environ['OS_AUTH_URL']} rejected the credentials "
-            "(expired application credential or wrong password); nothing was reserved"
+            f"({why}); nothing was reserved"
         ) from None
     except ks.ConnectFailure as error:
         raise ChameleonError(
             f"chameleon: cannot reach Keystone at {os.environ['OS_AUTH_URL']}: {error}"
         ) from None
+    except ks.ClientException as error:  # the identity provider's side of the password openrc
+        raise ChameleonError(f"chameleon: authentication ({auth}) failed: {error}") from None
+    _check_region(cham, access)
+
+
+def _check_region(cham: dict[str, Any], access: Any) -> None:
+    """The credentials must be for chameleon.site: each Chameleon site has its own Keystone, and the
+    token's service catalog names the region its endpoints are in."""
+    site, named = cham["site"], os.environ.get("OS_REGION_NAME")
+    if named != site:
+        raise ChameleonError(
+            f"chameleon.site: '{site}', but the credentials say OS_REGION_NAME={named}; "
+            f"use {site}'s openrc, or set chameleon.site to {named}"
+        )
+    regions = {
+        endpoint.get("region_id") or endpoint.get("region")
+        for kind, endpoints in access.service_catalog.get_endpoints(interface="public").items()
+        if kind in ("reservation", "compute")
+        for endpoint in endpoints
+    } - {None}
+    if regions and site not in regions:
+        raise ChameleonError(
+            f"chameleon.site: '{site}', but the credentials' service catalog is for "
+            f"{', '.join(sorted(regions))}; use {site}'s openrc, or set chameleon.site accordingly"
+        )
+
+
+def preflight(cham: dict[str, Any]) -> None:
+    """What the site must have before a lease is asked for: the key pair, the image, the node type
+    (bare metal) or flavor (KVM). Every failure is reported, one line each, and nothing is reserved."""
+    from chi.clients import blazar, glance, nova
+    from novaclient.exceptions import NotFound
+
+    site, failures = cham["site"], []
+    key = cham["key_name"] or os.environ.get("OS_KEYPAIR_NAME")
+    if not key:
+        failures.append(
+            f"chameleon.key_name: not set; name a key pair of yours at {site} (or set OS_KEYPAIR_NAME)"
+        )
+    else:
+        try:
+            nova().keypairs.get(key)
+        except NotFound:
+            have = sorted(k.name for k in nova().keypairs.list())
+            failures.append(
+                f"chameleon.key_name: key pair '{key}' does not exist at {site}; "
+                f"yours there: {', '.join(have) or 'none'} (key pairs are per site)"
+            )
+    if not list(glance().images.list(filters={"name": cham["image"]})):
+        failures.append(f"chameleon.image: image '{cham['image']}' does not exist at {site}")
+    if cham["kind"] == "kvm":
+        offered = _public_flavors()
+        if cham["node_type"] not in offered:
+            failures.append(
+                f"chameleon.node_type: flavor '{cham['node_type']}' is not offered at {site}; "
+                f"it offers: {', '.join(sorted(offered))}"
+            )
+    else:
+        try:
+            hosts = blazar().host.list()
+        except Exception as error:  # blazarclient's own types; the lease request would still tell
+            print(f"chameleon: note: could not list {site}'s hosts ({error}); node type not checked")
+            hosts = []
+        types = sorted({h["node_type"] for h in hosts if h.get("node_type")})
+        if types and cham["node_type"] not in types:
+            failures.append(
+                f"chameleon.node_type: node type '{cham['node_type']}' is not offered at {site}; "
+                f"it offers: {', '.join(types)}"
+            )
+    if failures:
+        raise ChameleonError(
+            "\n".join(failures) + f"\nchameleon: {len(failures)} check(s) failed; nothing was reserved"
+        )
 
 
 def read_state() -> dict[str, Any]:
@@ -250,16 +412,20 @@ def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> A
     return chi.lease.Lease(lease_json=blazar().lease.get(lease.id))
 
 
-def _flavor_id(cham: dict[str, Any]) -> str:
-    """The public flavor to reserve; a site without it is named with the flavors it has."""
+def _public_flavors() -> dict[str, str]:
+    """Flavor name -> id, without the private "reservation:<id>" flavors leases make."""
     from chi.clients import nova
 
-    flavors = {f.name: f.id for f in nova().flavors.list()}
+    return {f.name: f.id for f in nova().flavors.list() if not f.name.startswith("reservation:")}
+
+
+def _flavor_id(cham: dict[str, Any]) -> str:
+    """The public flavor to reserve; a site without it is named with the flavors it has."""
+    flavors = _public_flavors()
     if cham["node_type"] not in flavors:
-        offered = sorted(n for n in flavors if not n.startswith("reservation:"))
         raise ChameleonError(
             f"chameleon.node_type: flavor '{cham['node_type']}' is not offered at {cham['site']}; "
-            f"it offers: {', '.join(offered)}"
+            f"it offers: {', '.join(sorted(flavors))}"
         )
     return flavors[cham["node_type"]]
 
@@ -432,14 +598,54 @@ def provision(config: dict[str, Any]) -> dict[str, Any]:
             f"chameleon: the state file names resources at {state['site']}, the config "
             f"says {cham['site']}; run teardown first"
         )
-    lease = ensure_lease(cham, state, config["project"]["name"])
-    server = ensure_server(cham, state, lease)
-    if cham["kind"] == "kvm":
-        ensure_security_group(cham, state, server)
-    address = ensure_floating_ip(cham, state, lease, server)
-    waited = wait_for_ssh(address, cham["ssh_timeout_minutes"] * 60, cham["poll_seconds"])
+    if not state.get("lease_id"):
+        preflight(cham)  # nothing is reserved unless every check passes
+    try:
+        lease = ensure_lease(cham, state, config["project"]["name"])
+        server = ensure_server(cham, state, lease)
+        if cham["kind"] == "kvm":
+            ensure_security_group(cham, state, server)
+        address = ensure_floating_ip(cham, state, lease, server)
+        waited = wait_for_ssh(address, cham["ssh_timeout_minutes"] * 60, cham["poll_seconds"])
+    except (Exception, ChameleonError, KeyboardInterrupt) as error:
+        held = _held(state)
+        if not held:
+            raise
+        message = (
+            str(error) if isinstance(error, ChameleonError) else f"chameleon: {type(error).__name__}: {error}"
+        )
+        raise ChameleonError(
+            f"{message}\nchameleon: still held at {state.get('site', cham['site'])}: {held}; "
+            f"release them with `{TEARDOWN}`"
+        ) from None
     print(f"chameleon: ready: ssh cc@{address} (SSH answered after {waited:.0f} s)")
     return state
+
+
+def _held(state: dict[str, Any]) -> str:
+    """What the state file says exists at the site, in words."""
+    held = []
+    if state.get("lease_id"):
+        held.append(f"lease {state.get('lease_name', '?')} ({state['lease_id']})")
+    if state.get("server_id"):
+        held.append(f"server {state['server_id']}")
+    if state.get("floating_ip"):
+        held.append(f"floating IP {state['floating_ip']}")
+    if state.get("security_group_id"):
+        held.append(f"security group {state['security_group_id']}")
+    return ", ".join(held)
+
+
+def check(config: dict[str, Any]) -> None:
+    """The checks provision makes before reserving, and nothing else."""
+    cham = settings(config)
+    check_credentials(cham)
+    preflight(cham)
+    print(
+        f"chameleon: checks passed at {cham['site']} ({os.environ['OS_AUTH_TYPE']}): key pair, image "
+        f"{cham['image']}, {'flavor' if cham['kind'] == 'kvm' else 'node type'} {cham['node_type']}, "
+        f"{cham['duration_hours']} h within the lease limit; nothing was reserved"
+    )
 
 
 def teardown(config: dict[str, Any]) -> list[str]:
@@ -567,8 +773,12 @@ def main(argv: list[str]) -> int:
         provision(config)
     elif action == "teardown":
         teardown(config)
+    elif action == "check":
+        check(config)
     else:
-        raise ChameleonError(f"chameleon: unknown action '{action}'; accepted: plan, provision, teardown")
+        raise ChameleonError(
+            f"chameleon: unknown action '{action}'; accepted: plan, provision, teardown, check"
+        )
     return 0
 
 

@@ -105,7 +105,14 @@ def configure(config: dict) -> None:
     cham = settings(config)
     node = runner()
     node.put(SETUP, "node_setup.sh")
-    extra_ports = " ".join(str(p) for p in cham["ingress_ports"] if p != 22)  # firewalld already allows SSH
+    if cham["kind"] == "kvm":
+        # The security group made by provision is the firewall on KVM: firewalld is not asked to
+        # open anything, so nothing depends on it running (or being installed) on the instance.
+        extra_ports = ""
+        print("remote: KVM: the security group lets in tcp "
+              + ", ".join(map(str, cham["ingress_ports"])) + "; firewalld is left alone")
+    else:
+        extra_ports = " ".join(str(p) for p in cham["ingress_ports"] if p != 22)  # firewalld allows SSH
     node.run(f"bash node_setup.sh {cham['accelerator']} {extra_ports}".rstrip())
     commit = _git("rev-parse", "HEAD")
     if _git("status", "--porcelain", "--untracked-files=no"):
