@@ -26,7 +26,9 @@ Knobs (attributes, safe to change while running):
     fip_capacity        number of reservable floating IPs
     lease_final_status  "ACTIVE" (default), "ERROR", or None (never leaves PENDING)
     server_final_status "ACTIVE" (default), "ERROR", or None (never leaves BUILD)
-    gets_to_transition  how many GETs of a lease/server before it moves on (default 1)
+    gets_to_transition  how many GETs of a lease/server before it moves on (default 1); a lease
+                        goes PENDING -> STARTING -> ACTIVE, and a KVM lease's reserved flavor is
+                        listed only while the lease is ACTIVE
     password            the only password Keystone (and the identity provider) accepts
     app_cred_id, app_cred_secret   the application credential Keystone accepts; like Keystone, a
                         request that also asks for a scope is refused (401)
@@ -581,14 +583,21 @@ class FakeChameleon:
 
     # ------------------------------------------------------------------ blazar
     def _lease_view(self, lease, observe):
-        if observe and lease["status"] == "PENDING":
+        # As Blazar: PENDING -> STARTING (the start event is running) -> ACTIVE, each held for
+        # gets_to_transition GETs; a lease that fails goes from PENDING to ERROR.
+        if observe and lease["status"] == "ACTIVE" and lease["_end"] <= _now():
+            self._set_lease_status(lease, "TERMINATED")  # its end_date passed: the hosts are taken back
+        if observe and lease["status"] in ("PENDING", "STARTING"):
             lease["_gets"] += 1
-            if (
-                lease["_gets"] >= self.gets_to_transition
-                and self.lease_final_status
-                and lease["_start"] <= _now() + dt.timedelta(minutes=5)
-            ):
-                self._set_lease_status(lease, self.lease_final_status)
+            if lease["_gets"] < self.gets_to_transition:
+                pass
+            elif lease["status"] == "STARTING":
+                self._set_lease_status(lease, "ACTIVE")
+            elif self.lease_final_status and lease["_start"] <= _now() + dt.timedelta(minutes=5):
+                lease["_gets"] = 0
+                self._set_lease_status(
+                    lease, "STARTING" if self.lease_final_status == "ACTIVE" else self.lease_final_status
+                )
         return {k: copy.deepcopy(v) for k, v in lease.items() if not k.startswith("_")}
 
     def _set_lease_status(self, lease, status):
@@ -784,6 +793,7 @@ class FakeChameleon:
             "events": [],
             "_gets": 0,
             "_start": start,
+            "_end": end,
         }
         self._leases[lease_id] = lease
         return 201, {"lease": self._lease_view(lease, False)}
@@ -800,6 +810,14 @@ class FakeChameleon:
         for rid in res_ids:
             self.flavors.pop(rid, None)  # the reserved flavor, for flavor:instance reservations
         del self._leases[lease["id"]]
+
+    def _flavor_visible(self, flavor):
+        """A lease's reserved flavor is offered to the project only while the lease is ACTIVE."""
+        rid = flavor["extra_specs"].get(RESERVATION_SPEC)
+        if not rid:
+            return True
+        lease, _ = self._reservation(rid, "flavor:instance")
+        return bool(lease) and lease["status"] == "ACTIVE"
 
     def _reservation(self, rid, rtype):
         for lease in self._leases.values():
@@ -856,9 +874,9 @@ class FakeChameleon:
         head = parts[0]
         if head == "flavors":
             if len(parts) == 1 or parts[1] == "detail":
-                return 200, {"flavors": list(self.flavors.values())}
+                return 200, {"flavors": [f for f in self.flavors.values() if self._flavor_visible(f)]}
             f = self.flavors.get(parts[1])
-            if not f:
+            if not f or not self._flavor_visible(f):
                 raise _nova_err(404, f"Flavor {parts[1]} could not be found.")
             if len(parts) > 2 and parts[2] == "os-extra_specs":
                 return 200, {"extra_specs": f["extra_specs"]}

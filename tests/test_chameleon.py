@@ -4,10 +4,12 @@ processes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
 import pty
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,16 +107,71 @@ def token_requests(fake: FakeChameleon) -> list[dict]:
     return [r for r in fake.requests_matching("POST", "/v3/auth/tokens") if r["body"]]
 
 
+def sent(fake: FakeChameleon, method: str, path_end: str) -> list[dict]:
+    """The bodies python-chi sent to paths ending in path_end."""
+    return [r["body"] for r in fake.requests_matching(method) if r["path"].rstrip("/").endswith(path_end)]
+
+
+def assert_lease_sent(fake: FakeChameleon, cham: dict, lease_name: str) -> dict:
+    """The one lease request: its name, and an end duration_hours after its start. Returns it."""
+    [body] = sent(fake, "POST", "/leases")
+    [lease] = fake.leases()
+    assert body["name"] == lease["name"] == lease_name
+    assert body["start_date"] == "now"
+    sent_end = dt.datetime.strptime(body["end_date"], "%Y-%m-%d %H:%M")
+    start, end = (dt.datetime.strptime(lease[k], "%Y-%m-%dT%H:%M:%S.%f") for k in ("start_date", "end_date"))
+    assert end == sent_end
+    # python-chi sends the end to the minute: within a minute of start + duration_hours
+    wanted = dt.timedelta(hours=cham["duration_hours"])
+    assert abs(end - start - wanted) <= dt.timedelta(minutes=1), (start, end)
+    return body
+
+
+def assert_server_sent(fake: FakeChameleon, image: str) -> dict:
+    """The one server request: image, key, network (sharednet1). Returns the whole body."""
+    [body] = sent(fake, "POST", "/servers")
+    server = body["server"]
+    assert fake.images[server["imageRef"]]["name"] == image
+    assert server["key_name"] == KEY
+    assert fake.sharednet["name"] == "sharednet1"
+    assert server["networks"] == [{"uuid": fake.sharednet["id"]}]
+    return body
+
+
 def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> None:
     plan = project.snakemake("-c1", "plan").stdout
     assert "1 x gpu_rtx_6000 bare-metal node(s) + 1 floating IP" in plan and "CHI@UC" in plan
     dry = project.run("snakemake", "-c1", "provision", "-n")
     assert dry.returncode == 0 and fake.leases() == []
 
+    project.set_config("chameleon.duration_hours", 3)  # not the default, so a fixed duration is caught
+    fake.gets_to_transition = 2  # each status is seen by a poll: PENDING, STARTING, ACTIVE
     first = project.run("snakemake", "-c1", "provision")
     assert "chameleon: ready: ssh cc@" in first.stdout
     created = state(project)
     assert set(created) >= {"lease_id", "server_id", "floating_ip", "site"}
+    name = created["lease_name"]
+    for change in ("PENDING", "PENDING -> STARTING", "STARTING -> ACTIVE"):  # each with its elapsed time
+        assert re.search(rf"^chameleon: lease {name}: {change} \(\d+ s\)$", first.stdout, re.M), first.stdout
+    server_line = rf"^chameleon: server {created['server_id']}: (BUILD -> )?ACTIVE \(\d+ s\)$"
+    assert re.search(server_line, first.stdout, re.M)
+
+    cham = project.config["chameleon"]
+    lease_body = assert_lease_sent(fake, cham, name)
+    reservations = {r["resource_type"]: r for r in lease_body["reservations"]}
+    assert sorted(reservations) == ["physical:host", "virtual:floatingip"]
+    host, fip = reservations["physical:host"], reservations["virtual:floatingip"]
+    assert (int(host["min"]), int(host["max"])) == (1, 1)
+    assert json.loads(host["resource_properties"]) == ["==", "$node_type", cham["node_type"]] == [
+        "==", "$node_type", "gpu_rtx_6000"]
+    assert (int(fip["amount"]), fip["network_id"]) == (1, fake.public_net["id"])
+    server_body = assert_server_sent(fake, "CC-Ubuntu24.04-CUDA")  # the NVIDIA node's default
+    [lease] = fake.leases()
+    [host_reservation] = [r for r in lease["reservations"] if r["resource_type"] == "physical:host"]
+    hints = server_body.get("os:scheduler_hints") or server_body.get("OS-SCH-HNT:scheduler_hints")
+    assert hints == {"reservation": host_reservation["id"]}
+    flavor = server_body["server"]["flavorRef"]
+    assert fake.flavors.get(flavor, {}).get("name", flavor) == "baremetal"
     assert [lease["id"] for lease in fake.leases()] == [created["lease_id"]]
     assert [server["id"] for server in fake.servers()] == [created["server_id"]]
     assert [s["image_name"] if "image_name" in s else s.get("image", {}).get("id") for s in fake.servers()]
@@ -300,6 +357,12 @@ def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_
     [server] = kvm_fake.servers()
     assert server["flavor"]["original_name"] == f"reservation:{reservation['id']}", "on the reserved flavor"
     assert server["key_name"] == KEY
+    cham = kvm_project.config["chameleon"]
+    [sent_reservation] = assert_lease_sent(kvm_fake, cham, created["lease_name"])["reservations"]
+    assert (sent_reservation["resource_type"], int(sent_reservation["amount"])) == ("flavor:instance", 1)
+    assert sent_reservation["flavor_id"] == public["id"], "the public m1.large, not the reserved copy"
+    server_body = assert_server_sent(kvm_fake, "CC-Ubuntu24.04")  # m1.large has no GPU
+    assert server_body["server"]["flavorRef"] in (reservation["id"], f"reservation:{reservation['id']}")
     [group] = kvm_fake.security_groups()
     assert group["id"] == created["security_group_id"]
     assert {"name": group["name"]} in server["security_groups"]
@@ -494,3 +557,19 @@ def test_kvm_open_ports_never_touch_firewalld(kvm_project: Project, tmp_path: Pa
     said = "remote: KVM: the security group lets in tcp 22, 8888; firewalld is left alone"
     assert said in configured.stdout
     assert not (tmp_path / "firewall.log").exists()
+
+
+def test_waits_say_each_change_and_keep_saying_they_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "chameleon_poll", Path(__file__).resolve().parents[1] / "workflow/scripts/chameleon.py")
+    chameleon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chameleon)
+    chameleon.HEARTBEAT_S = 0.05  # 60 s in use
+    statuses = iter(["PENDING"] * 12 + ["STARTING", "ACTIVE"])
+    assert chameleon._poll("lease paper-1", lambda: next(statuses), 30, 0.01, "ACTIVE") == "ACTIVE"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "chameleon: lease paper-1: PENDING (0 s)"
+    heartbeat = r"chameleon: lease paper-1: still PENDING \(\d+ s, want ACTIVE\)"
+    assert any(re.fullmatch(heartbeat, line) for line in lines)
+    assert re.fullmatch(r"chameleon: lease paper-1: PENDING -> STARTING \(\d+ s\)", lines[-2])
+    assert re.fullmatch(r"chameleon: lease paper-1: STARTING -> ACTIVE \(\d+ s\)", lines[-1])

@@ -350,10 +350,23 @@ def _explain(messages: list[str], cham: dict[str, Any], name: str) -> str:
     return messages[-1] if messages else "python-chi gave no reason"
 
 
+HEARTBEAT_S = 60.0  # a wait says it is still waiting at least this often
+
+
 def _poll(what: str, get_status, timeout_s: float, interval: float, wanted: str) -> str:
+    """Poll until `wanted` or ERROR, printing each status change and a heartbeat while none comes."""
     start = time.monotonic()
+    last, said = None, start
     while True:
         status = get_status()
+        now = time.monotonic()
+        if status != last:
+            change = f"{last} -> {status}" if last is not None else status
+            print(f"chameleon: {what}: {change} ({now - start:.0f} s)", flush=True)
+            last, said = status, now
+        elif now - said >= HEARTBEAT_S:
+            print(f"chameleon: {what}: still {status} ({now - start:.0f} s, want {wanted})", flush=True)
+            said = now
         if status in (wanted, "ERROR"):
             return status
         if time.monotonic() - start >= timeout_s:
@@ -398,7 +411,7 @@ def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> A
         write_state(state)
         print(f"chameleon: created lease {name} ({lease.id})")
     status = _poll(
-        f"lease {lease.id}",
+        f"lease {state.get('lease_name') or lease.id}",
         lambda: _lease_status(lease.id),
         cham["lease_timeout_minutes"] * 60,
         cham["poll_seconds"],
@@ -580,11 +593,16 @@ def wait_for_ssh(address: str, timeout_s: float, interval: float) -> float:
     if os.environ.get("REPROSTACK_RUNNER") == "local":
         return 0.0  # tests point the command runner at a local shell
     start = time.monotonic()
+    said = start
+    print(f"chameleon: waiting for SSH on {address}:22 (up to {timeout_s:.0f} s)", flush=True)
     while time.monotonic() - start < timeout_s:
         with socket.socket() as sock:
             sock.settimeout(5)
             if sock.connect_ex((address, 22)) == 0:
                 return time.monotonic() - start
+        if time.monotonic() - said >= HEARTBEAT_S:
+            said = time.monotonic()
+            print(f"chameleon: SSH on {address}:22: no answer yet ({said - start:.0f} s)", flush=True)
         time.sleep(interval)
     raise ChameleonError(f"chameleon: SSH on {address}:22 did not answer after waiting {timeout_s:.0f} s")
 
