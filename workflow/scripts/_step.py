@@ -18,13 +18,14 @@ from types import ModuleType
 from typing import Any
 
 import yaml
+from stages import MARKS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "config.yaml"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.json"
 # A step that keeps its last good output while it runs leaves a mark here until it has replaced
 # that output; the Snakefile dates the output of a marked step as stale (stages.mark_unfinished).
-UNFINISHED = ROOT / ".snakemake" / "reprostack" / "unfinished"
+UNFINISHED = ROOT / MARKS
 
 
 class ConfigError(SystemExit):
