@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from reprostack import __version__
-from reprostack.errors import ReprostackError
+from reprostack.errors import Cancelled, ReprostackError
 from reprostack.generate import generate
 
 _NEW_HELP = """\
 Generate a reproducible ML research project in DIR.
 
-Asks for: project name, author (and, optionally, email and affiliation), framework (pytorch |
-sklearn), data source (sample | huggingface | git | url, each pinned by revision, commit or
-sha256), Chameleon site and node type, and the seed.
+Asks for: project name, author (and, optionally, email and affiliation), license and copyright
+year, framework (pytorch | sklearn), data source (sample | huggingface | git | url, each pinned by
+revision, commit or sha256), Chameleon site and node type (those the site offers), and the seed;
+then shows the answers and asks before writing anything. Ctrl-C at any prompt writes nothing.
 The project is rendered in a temporary folder and moved into DIR only when every step succeeded;
 it gets a git repository with a first commit, DVC with a local remote beside it (no server), and
 MLflow tracking in a local SQLite store (no server).
@@ -102,6 +104,18 @@ def _answers(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+def _review(answers: Mapping[str, Any], dst: Path, remote: Path) -> bool:
+    """Interactive mode: the answers, where the project and its DVC remote go, then a yes/no."""
+    import questionary
+
+    width = max(len(key) for key in answers) if answers else 0
+    lines = [f"reprostack: about to create {dst}"]
+    lines += [f"  {key:<{width}}  {'(none)' if value == '' else value}" for key, value in answers.items()]
+    lines += [f"  {'DVC remote':<{width}}  {remote}"]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return bool(questionary.confirm("Create the project with these answers?", default=True).unsafe_ask())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -116,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             template=args.template,
             ref=args.ref,
             progress=lambda step: print(f"reprostack: {step}", file=sys.stderr, flush=True),
+            review=_review if interactive else None,
         )
+    except (Cancelled, KeyboardInterrupt) as stop:
+        print("reprostack: cancelled; nothing was written", file=sys.stderr, flush=True)
+        return 1 if isinstance(stop, Cancelled) and not stop.interrupted else 130
     except ReprostackError as error:
         print(f"reprostack: error: {error}", file=sys.stderr)
         return 2

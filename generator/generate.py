@@ -11,6 +11,7 @@ one records the canonical template URL instead (see record_template).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.util
 import os
 import re
@@ -27,16 +28,24 @@ from typing import Any
 import copier
 import yaml
 from plumbum import ProcessExecutionError
-from reprostack.errors import ReprostackError
+from reprostack.errors import Cancelled, ReprostackError
 from reprostack.template import template_root, template_url
 from reprostack.vcs import init_dvc, init_git
 
 Progress = Callable[[str], None]
+# Shown the answers, the project folder and the DVC remote before anything is written: go ahead?
+Review = Callable[[Mapping[str, Any], Path, Path], bool]
 ANSWERS_FILE = ".copier-answers.yml"
 # What Copier 9 takes for a git URL as it is; any other URL is handed over with a `git+` prefix.
 _COPIER_GIT = ("git@", "git://", "git+", "https://github.com/", "https://gitlab.com/", "gh:", "gl:")
 _URL = re.compile(r"^(git\+)?(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$|^g[hl]:\S+$")
 _BYTECODE = ("__pycache__", "*.py[co]")
+# Pseudo file systems and device folders: nothing a project can live in.
+_SYSTEM = tuple(Path(p) for p in ("/proc", "/sys", "/dev", "/run"))
+# The project is staged beside DIR as ".<DIR>.reprostack-<8 random>": that name must fit too.
+_STAGING_EXTRA = len(".") + len(".reprostack-") + 8
+# Questions whose choices depend on an earlier answer (copier.yml renders them per site).
+_CHOICES_DEPEND_ON = {"node_type": "chameleon_site"}
 _TEMPLATE_ACCEPTED = (
     "accepted: a git URL of a reprostack template (https://, ssh://, git://, user@host:path, "
     "gh:owner/name) or a folder holding copier.yml"
@@ -64,14 +73,141 @@ def default_remote(dst: Path) -> Path:
 
 
 def check_destination(dst: Path, force: bool) -> None:
-    """Refuse an existing non-empty destination unless --force was given."""
-    if dst.exists() and not dst.is_dir():
-        raise ReprostackError(f"DIR: '{dst}' exists and is not a folder; accepted: a new or empty folder")
-    if dst.is_dir() and any(dst.iterdir()) and not force:
+    """Refuse, before anything is written, a DIR the project cannot or must not go to: a file or
+    device, a system folder, a name too long to stage, a folder that cannot be written, an existing
+    non-empty folder without --force, and (even with --force) a folder whose replacement would be
+    a disaster: /, the home folder, the current folder or one above it, a mount point, the template."""
+    special = next((root for root in _SYSTEM if dst == root or root in dst.parents), None)
+    if special is not None:
         raise ReprostackError(
-            f"DIR: '{dst}' exists and is not empty; accepted: a new or empty folder, "
-            "or pass --force to replace it"
+            f"DIR: '{dst}' is under {special}, a system folder that holds no projects; "
+            "accepted: a new or empty folder in your home, scratch or project space"
         )
+    if dst.exists() and not dst.is_dir():
+        what = "a file" if dst.is_file() else "not a folder (a device, socket or pipe)"
+        raise ReprostackError(f"DIR: '{dst}' exists and is {what}; accepted: a new or empty folder")
+    limit = _name_max(dst) - _STAGING_EXTRA
+    if len(os.fsencode(dst.name)) > limit:
+        raise ReprostackError(
+            f"DIR: the folder name '{dst.name[:40]}...' is {len(os.fsencode(dst.name))} bytes long; "
+            f"accepted: at most {limit} (the file system allows {_name_max(dst)}, and the project is "
+            "staged beside it under a longer name)"
+        )
+    if dst.is_dir() and any(dst.iterdir()):
+        if not force:
+            raise ReprostackError(
+                f"DIR: '{dst}' exists and is not empty; accepted: a new or empty folder, "
+                "or pass --force to replace it"
+            )
+        if reason := _irreplaceable(dst):
+            raise ReprostackError(
+                f"DIR: '{dst}' is {reason}; --force never replaces it; accepted: a new or empty folder"
+            )
+    elif dst.is_dir() and os.path.ismount(dst):
+        raise ReprostackError(
+            f"DIR: '{dst}' is a mount point, and the project is moved into place by a rename, which "
+            "a mount point refuses; accepted: a folder inside it"
+        )
+    _check_writable(dst.parent, "DIR", dst)
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name (bytes) the file system holding `path` accepts."""
+    try:
+        return os.pathconf(_existing(path.parent), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _irreplaceable(dst: Path) -> str | None:
+    cwd = Path.cwd().resolve()
+    template = template_root().resolve()
+    if dst == Path(dst.anchor):
+        return "the file system root"
+    if dst == Path.home().resolve():
+        return "your home folder"
+    if dst == cwd or dst in cwd.parents:
+        return "the current folder or one above it"
+    if os.path.ismount(dst):
+        return "a mount point"
+    if dst == template or dst in template.parents or template in dst.parents:
+        return "the reprostack template or a folder holding it"
+    return None
+
+
+def _check_writable(folder: Path, field: str, target: Path) -> None:
+    """One line if `folder` (to be created if missing) cannot be written: tried by making and
+    removing a temporary folder in its nearest existing ancestor, so nothing is left behind."""
+    base = _existing(folder)
+    if not base.is_dir():
+        raise ReprostackError(
+            f"{field}: '{target}' cannot be created: '{base}' is a file, not a folder; "
+            "accepted: a path whose parents are folders"
+        )
+    try:
+        probe = tempfile.mkdtemp(prefix=".reprostack-probe-", dir=base)
+    except OSError as error:
+        raise ReprostackError(
+            f"{field}: '{target}' cannot be created: '{base}' is not writable ({error.strerror}); "
+            "accepted: a folder you can write to"
+        ) from None
+    Path(probe).rmdir()
+
+
+def check_remote(remote: Path, dst: Path, given: bool) -> None:
+    """Refuse, before anything is written, a DVC remote folder that cannot be written or would
+    land inside the project (git would commit it; --force would delete it)."""
+    field = "--dvc-remote" if given else "--dvc-remote (default: beside DIR)"
+    special = next((root for root in _SYSTEM if remote == root or root in remote.parents), None)
+    if special is not None:
+        raise ReprostackError(
+            f"{field}: '{remote}' is under {special}, a system folder; accepted: a folder you can write to"
+        )
+    if remote == dst or dst in remote.parents:
+        raise ReprostackError(
+            f"{field}: '{remote}' is inside the project '{dst}', where git would commit the data; "
+            "accepted: a folder outside it (the default is beside it)"
+        )
+    if remote.exists() and not remote.is_dir():
+        raise ReprostackError(f"{field}: '{remote}' exists and is not a folder; accepted: a folder")
+    _check_writable(remote if remote.exists() else remote.parent, field, remote)
+
+
+def check_known(data: Mapping[str, Any], questions: Mapping[str, Any]) -> None:
+    """One line for an answer to no question (a typo would otherwise be ignored, and the default
+    used), naming the nearest question; and for one the template derives itself (`when: false`)."""
+    asked = [name for name, details in questions.items()
+             if not name.startswith("_") and not (isinstance(details, dict) and details.get("when") is False)]
+    for key in data:
+        if key in asked:
+            continue
+        if key in questions:
+            raise ReprostackError(
+                f"{key}: derived by the template from the other answers, not asked; remove it "
+                "from --data/--answers"
+            )
+        close = difflib.get_close_matches(key, asked, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"accepted: {', '.join(asked)}"
+        raise ReprostackError(f"{key}: not a question of this template (--data/--answers); {hint}")
+
+
+def _local_questions(source: Source) -> dict[str, Any] | None:
+    """The questions of a template on this machine, read before anything is asked; None for a
+    URL template (checked once Copier has fetched it)."""
+    if not source.local:
+        return None
+    try:
+        loaded = yaml.safe_load((Path(source.path) / "copier.yml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def template_source(template: str | None = None, ref: str | None = None) -> Source:
@@ -107,15 +243,17 @@ def template_source(template: str | None = None, ref: str | None = None) -> Sour
 
 
 def render(
-    dst: Path, data: Mapping[str, Any], defaults: bool, source: Source | None = None
-) -> None:
-    """Run Copier into `dst` (a fresh folder). Validation errors become one-line ReprostackErrors."""
+    dst: Path, data: Mapping[str, Any], defaults: bool, source: Source | None = None, *, pretend: bool = False
+) -> dict[str, Any]:
+    """Run Copier into `dst` (a fresh folder) and return the answers (as the answers file records
+    them). `pretend` asks the questions and writes nothing. Validation errors become one-line
+    ReprostackErrors; Ctrl-C at a prompt becomes Cancelled."""
     source = source or template_source()
     with warnings.catch_warnings(), _no_git_prompt():
         # Rendering from a checkout with uncommitted changes is normal while developing templates.
         warnings.simplefilter("ignore")
         try:
-            copier.run_copy(
+            worker = copier.run_copy(
                 source.path,
                 str(dst),
                 data=dict(data),
@@ -127,7 +265,10 @@ def render(
                 quiet=True,
                 overwrite=True,
                 unsafe=False,
+                pretend=pretend,
             )
+        except KeyboardInterrupt:  # Copier's CopierAnswersInterrupt too (a CopierError as well)
+            raise Cancelled("cancelled at a prompt", interrupted=True) from None
         except ProcessExecutionError as error:
             raise ReprostackError(_git_failure(error, source)) from None
         except ValueError as error:
@@ -136,13 +277,13 @@ def render(
             raise ReprostackError(explain(str(error), data)) from None
         except copier.errors.CopierError as error:
             raise ReprostackError(explain(str(error), data)) from None
-        except KeyboardInterrupt:
-            raise ReprostackError("interrupted; nothing was written") from None
-    if not (dst / ANSWERS_FILE).is_file():
+    check_known(data, worker.template.questions_data)
+    if not pretend and not (dst / ANSWERS_FILE).is_file():
         raise ReprostackError(
             f"{source.option}: '{source.name}' rendered no {ANSWERS_FILE}, so it is not a reprostack "
             "template; " + _TEMPLATE_ACCEPTED
         )
+    return {k: v for k, v in worker.answers.user.items() if k not in worker.answers.hidden}
 
 
 @contextlib.contextmanager
@@ -244,8 +385,11 @@ def explain(message: str, data: Mapping[str, Any]) -> str:
     if match := re.match(r"Validation error for question '(\w+)': (.*)", message):
         return match.group(2)
     if match := re.match(r"Invalid choice for '(\w+)': '(.*)' is not in \[(.*)\]", message):
-        accepted = match.group(3).replace("'", "")
-        return f"{match.group(1)}: '{match.group(2)}' is not known; accepted: {accepted}"
+        field, accepted = match.group(1), match.group(3).replace("'", "")
+        if depends := _CHOICES_DEPEND_ON.get(field):
+            given = data.get(depends) or _questions().get(depends, {}).get("default")
+            return f"{field}: '{match.group(2)}' is not offered at {depends} {given}; accepted: {accepted}"
+        return f"{field}: '{match.group(2)}' is not known; accepted: {accepted}"
     if match := re.match(r'Question "(\w+)" is required', message):
         field = match.group(1)
         hint = _questions().get(field, {}).get("help", "")
@@ -266,23 +410,38 @@ def generate(
     template: str | None = None,
     ref: str | None = None,
     progress: Progress = _quiet,
+    review: Review | None = None,
 ) -> Path:
     """Create a complete project at `dst` and return its resolved path.
 
     `template` is a git URL (or folder) of the template, default the local one; `ref` a tag,
-    branch or commit of it.
+    branch or commit of it. Without `defaults` the questions are asked first (nothing is written
+    while they are); `review` then sees the answers and may stop with nothing written.
     """
     dst = dst.expanduser().resolve()
     check_destination(dst, force)
     source = template_source(template, ref)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     remote = (dvc_remote or default_remote(dst)).expanduser().resolve()
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.reprostack-", dir=dst.parent))
+    check_remote(remote, dst, given=dvc_remote is not None)
+    answers = dict(data or {})
+    if (questions := _local_questions(source)) is not None:
+        check_known(answers, questions)
+    if not defaults:
+        with tempfile.TemporaryDirectory(prefix="reprostack-ask-") as scratch:
+            answers = render(Path(scratch) / dst.name, answers, False, source, pretend=True)
+        if review is not None and not review(answers, dst, remote):
+            raise Cancelled("not confirmed")
+    made = _make_folders(dst.parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.reprostack-", dir=dst.parent))
+    except BaseException:
+        _remove_empty(made)
+        raise
     staging.chmod(0o755)  # mkdtemp makes it private; the project should not be
     try:
         where = source.name + (f" at {source.ref}" if source.ref and source.ref != "HEAD" else "")
         progress(f"rendering the template ({where})")
-        render(staging, data or {}, defaults, source)
+        render(staging, answers, True, source)
         record_template(staging, source)
         write_secrets(staging)
         progress("initialising DVC (remote: " + str(remote) + ")")
@@ -293,8 +452,29 @@ def generate(
         _move_into_place(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(made)
         raise
     return dst
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return those created, deepest last."""
+    missing = [folder, *folder.parents]
+    missing = [path for path in missing if not path.exists()][::-1]
+    try:
+        for path in missing:
+            path.mkdir()
+    except OSError as error:
+        _remove_empty([path for path in missing if path.exists()])
+        raise ReprostackError(f"DIR: cannot create '{folder}': {error.strerror}") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders this run created, deepest first, if they are still empty."""
+    for path in reversed(folders):
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def write_secrets(root: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -25,11 +26,18 @@ def init_dvc(root: Path, remote: Path) -> None:
     _git(root, "init", "--quiet", "--initial-branch=main")
     from dvc.repo import Repo
 
+    # DVC says "Initialized DVC repository... commit the changes" through its own logger, whose
+    # handlers hold the stdout of import time; reprostack commits itself, so that text is noise.
+    dvc_logger = logging.getLogger("dvc")
+    level = dvc_logger.level
+    dvc_logger.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             Repo.init(str(root)).close()
     except Exception as error:  # DVC raises many types; all mean the same to the user here
         raise ReprostackError(f"dvc init failed in '{root}': {error}") from error
+    finally:
+        dvc_logger.setLevel(level)
     (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n    autostage = true\n")
     # Mode 600 from the start: storage.mode s3 later adds the S3 keys here, and DVC keeps the mode
     # of the file it rewrites.

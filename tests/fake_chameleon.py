@@ -29,11 +29,24 @@ Knobs (attributes, safe to change while running):
     gets_to_transition  how many GETs of a lease/server before it moves on (default 1); a lease
                         goes PENDING -> STARTING -> ACTIVE, and a KVM lease's reserved flavor is
                         listed only while the lease is ACTIVE
+    fail_deletes        set of: "server" (a deleted server lands in ERROR instead, as when Ironic
+                        fails to clean a node), "lease" (Blazar answers 500), "lease-silently"
+                        (Blazar answers 204 and keeps the lease)
+    refuse_updates      None, or the reason Blazar gives for refusing to move a lease's end
+                        (e.g. "Not enough hosts available": the hosts are reserved after it)
     password            the only password Keystone (and the identity provider) accepts
     app_cred_id, app_cred_secret   the application credential Keystone accepts; like Keystone, a
                         request that also asks for a scope is refused (401)
 Inspection: leases(), servers(), floating_ips(), ports(), keypairs(), security_groups(),
     flavors_named(prefix), requests (log), requests_matching(method, substring), reset().
+Outside the tool (as a user in Horizon, or the site itself): end_lease(id) (its end date passes:
+    TERMINATED, its servers, reserved IPs and flavor go), delete_lease(id), delete_server(id),
+    set_lease(id, status=, start=, end=).
+
+Lease updates (PUT /leases/<id>) follow Blazar: end_date (what blazarclient sends, having computed
+it from --prolong-for) or prolong_for; refused unless the lease is PENDING, ACTIVE or ERROR (Blazar's
+lease status machine), and, as Chameleon's MaxLeaseDurationFilter, a later end only within 48 h of
+the current end and by at most 7 days.
 
 KVM flavor reservations follow Chameleon's Blazar flavor plugin: the lease gets a private flavor
 named "reservation:<reservation id>" (id = the reservation id, the source flavor's extra specs plus
@@ -135,6 +148,12 @@ class FakeChameleon:
         )
         self.image_names = list(images or DEFAULT_IMAGES)
         self.app_cred_id, self.app_cred_secret = uuid.uuid4().hex, "app-cred-" + uuid.uuid4().hex[:12]
+        # The site's object store: when set (the URL of an S3 server on loopback), the catalog lists
+        # it as Swift's endpoint on the same host and port (Ceph's gateway serves both APIs there),
+        # and Keystone's OS-EC2 API hands out ec2_credential (access, secret) when one is created.
+        self.object_store = None
+        self.ec2_credential = ("fake-ec2-access", "fake-ec2-secret")
+        self.ec2_made = []
         self.identity_provider, self.protocol, self.client_id = "chameleon", "openid", "keystone-fake-prod"
         self.lock = threading.RLock()
         self._httpd = None
@@ -215,7 +234,10 @@ class FakeChameleon:
             self.flavor_capacity = dict(self.default_flavor_capacity)
             self.lease_final_status = "ACTIVE"
             self.server_final_status = "ACTIVE"
+            self.ec2_made = []
             self.gets_to_transition = 1
+            self.fail_deletes = set()
+            self.refuse_updates = None
             self.tokens = {}
             self.access_tokens = set()  # the identity provider's, for the federation endpoint
             self._leases, self._servers, self._fips, self._ports = {}, {}, {}, {}
@@ -320,6 +342,36 @@ class FakeChameleon:
                 "user_id": self.user_id,
             }
 
+    def end_lease(self, lease_id):
+        """The lease's end date passes now: Blazar ends it and takes back what it reserved."""
+        with self.lock:
+            lease = self._leases[lease_id]
+            lease["_end"] = _now()
+            lease["end_date"] = lease["_end"].strftime(LEASE_DATE)
+            self._set_lease_status(lease, "TERMINATED")
+            self._release(lease)
+
+    def delete_lease(self, lease_id):
+        """Deleted outside the tool (Horizon, the CLI): gone, with its servers, IPs and flavor."""
+        with self.lock:
+            self._delete_lease(self._leases[lease_id])
+
+    def delete_server(self, server_id):
+        """Deleted outside the tool."""
+        with self.lock:
+            self._delete_server(server_id)
+
+    def set_lease(self, lease_id, status=None, start=None, end=None):
+        """Move a lease's status or dates (naive UTC datetimes), as time or an operator would."""
+        with self.lock:
+            lease = self._leases[lease_id]
+            if start is not None:
+                lease["_start"], lease["start_date"] = start, start.strftime(LEASE_DATE)
+            if end is not None:
+                lease["_end"], lease["end_date"] = end, end.strftime(LEASE_DATE)
+            if status is not None:
+                lease["status"], lease["_gets"] = status, 0
+
     def is_empty(self):
         with self.lock:
             return not (
@@ -373,7 +425,13 @@ class FakeChameleon:
                 ],
             }
 
+        stores = []
+        if self.object_store:
+            stores = [svc("object-store", "swift", "")]
+            for endpoint in stores[0]["endpoints"]:
+                endpoint["url"] = f"{self.object_store}/swift/v1/AUTH_{self.project_id}"
         return [
+            *stores,
             svc("identity", "keystone", "/v3"),
             svc("reservation", "blazar", "/reservation/v1"),
             svc("compute", "nova", "/compute/v2.1"),
@@ -575,6 +633,15 @@ class FakeChameleon:
             "parent_id": "default",
             "links": {"self": f"{self.auth_url}/projects/{self.project_id}"},
         }
+        if sub == f"/users/{self.user_id}/credentials/OS-EC2":
+            if method == "POST":  # as Keystone: for this user and the project named in the body
+                made = {"access": self.ec2_credential[0], "secret": self.ec2_credential[1],
+                        "user_id": self.user_id, "tenant_id": (body or {}).get("tenant_id"),
+                        "trust_id": None, "links": {"self": None}}
+                self.ec2_made.append(made)
+                return 201, {"credential": made}
+            return 200, {"credentials": list(self.ec2_made), "links": {"self": None, "next": None,
+                                                                      "previous": None}}
         if sub == f"/projects/{self.project_id}":
             return 200, {"project": project}
         if sub in ("/projects", f"/users/{self.user_id}/projects", "/auth/projects"):
@@ -587,6 +654,7 @@ class FakeChameleon:
         # gets_to_transition GETs; a lease that fails goes from PENDING to ERROR.
         if observe and lease["status"] == "ACTIVE" and lease["_end"] <= _now():
             self._set_lease_status(lease, "TERMINATED")  # its end_date passed: the hosts are taken back
+            self._release(lease)
         if observe and lease["status"] in ("PENDING", "STARTING"):
             lease["_gets"] += 1
             if lease["_gets"] < self.gets_to_transition:
@@ -674,12 +742,13 @@ class FakeChameleon:
         if method == "GET":
             return 200, {"lease": self._lease_view(lease, True)}
         if method == "DELETE":
-            self._delete_lease(lease)
+            if "lease" in self.fail_deletes:
+                raise _blazar_err(500, f"Failed to delete lease {lid}: the fake's knob says so")
+            if "lease-silently" not in self.fail_deletes:
+                self._delete_lease(lease)
             return 204, None
         if method == "PUT":
-            if "name" in (body or {}):
-                lease["name"] = body["name"]
-            return 200, {"lease": self._lease_view(lease, False)}
+            return self._update_lease(lease, body or {})
         raise _blazar_err(405, "Method not allowed")
 
     def _create_lease(self, body):
@@ -798,7 +867,42 @@ class FakeChameleon:
         self._leases[lease_id] = lease
         return 201, {"lease": self._lease_view(lease, False)}
 
+    def _update_lease(self, lease, body):
+        if lease["status"] not in ("PENDING", "ACTIVE", "ERROR"):  # no UPDATING from these
+            raise _blazar_err(409, f"Invalid lease status: lease {lease['id']} is {lease['status']}.")
+        end = lease["_end"]
+        if body.get("end_date"):
+            end = self._parse_date(body["end_date"], "end_date")
+        elif body.get("prolong_for"):
+            match = re.fullmatch(r"(\d+)([smhd])", str(body["prolong_for"]))
+            if not match:
+                raise _blazar_err(400, "Invalid time format for option.")
+            unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+            end = end + dt.timedelta(**{unit: int(match.group(1))})
+        if end != lease["_end"]:
+            if end <= _now():
+                raise _blazar_err(400, "End date must be later than current date.")
+            window, longest = dt.timedelta(hours=48), dt.timedelta(days=7)
+            if end > lease["_end"] and _now() < lease["_end"] - window:
+                raise _blazar_err(400, "Lease can only be extended within 172800 seconds of the "
+                                       "leases current end time.")
+            if end - lease["_end"] > longest:
+                raise _blazar_err(400, f"Lease duration of {int((end - lease['_end']).total_seconds())} "
+                                       "seconds must be less than or equal to the maximum lease "
+                                       "duration of 604800 seconds.")
+            if end > lease["_end"] and self.refuse_updates:
+                raise _blazar_err(409, self.refuse_updates)
+            lease["_end"], lease["end_date"] = end, end.strftime(LEASE_DATE)
+        if "name" in body:
+            lease["name"] = body["name"]
+        lease["updated_at"] = _now().strftime(CREATED_DATE)
+        return 200, {"lease": self._lease_view(lease, False)}
+
     def _delete_lease(self, lease):
+        self._release(lease)
+        del self._leases[lease["id"]]
+
+    def _release(self, lease):
         # Like Blazar at lease end: servers on its hosts and its reserved IPs go away.
         res_ids = {r["id"] for r in lease["reservations"]}
         for sid, s in list(self._servers.items()):
@@ -809,7 +913,6 @@ class FakeChameleon:
                 del self._fips[fid]
         for rid in res_ids:
             self.flavors.pop(rid, None)  # the reserved flavor, for flavor:instance reservations
-        del self._leases[lease["id"]]
 
     def _flavor_visible(self, flavor):
         """A lease's reserved flavor is offered to the project only while the lease is ACTIVE."""
@@ -915,6 +1018,10 @@ class FakeChameleon:
             if len(parts) == 2 and method == "GET":
                 return 200, {"server": self._server_view(s, True)}
             if len(parts) == 2 and method == "DELETE":
+                if "server" in self.fail_deletes:  # the delete fails on the site's side
+                    s.update(status="ERROR", fault={"code": 500, "created": _iso(_now()),
+                                                    "message": "Failed to clean the node"})
+                    return 204, None
                 self._delete_server(s["id"])
                 return 204, None
             if len(parts) >= 3 and parts[2] == "metadata":

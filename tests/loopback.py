@@ -150,27 +150,36 @@ def hf_hub(hub: FakeHub) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
+def wait_for(url: str, timeout: float = 30) -> None:
+    """Until a server answers at url (any HTTP status), or fail after timeout seconds."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @contextmanager
 def s3_server() -> Iterator[str]:
     """moto's S3 server on loopback (it enforces bucket policies for anonymous requests, as S3 does);
     yields the endpoint URL."""
     import sys
-    import urllib.request
 
     port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for(f"{endpoint}/moto-api/")
         yield endpoint
     finally:
         proc.terminate()

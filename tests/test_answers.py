@@ -30,9 +30,11 @@ CASES = [
     (["seed=abc"], "seed", "'abc'", "whole number"),
     (["node_type=gpu_foo"], "node_type", "'gpu_foo'", "gpu_rtx_6000"),
     (["chameleon_site=KVM@TACC", "node_type=gpu_rtx_6000"], "node_type", "'gpu_rtx_6000'",
-     "not a known flavor at KVM@TACC; accepted: g1.h100.pci.1, m1.xlarge, m1.large"),
+     "not offered at chameleon_site KVM@TACC; accepted: g1.h100.pci.1, m1.xlarge, m1.large"),
     (["chameleon_site=CHI@UC", "node_type=m1.large"], "node_type", "'m1.large'",
-     "not a known node type at CHI@UC"),
+     "not offered at chameleon_site CHI@UC; accepted: gpu_rtx_6000"),
+    (["license=GPL-3.0"], "license", "'GPL-3.0'", "accepted: MIT, Apache-2.0, BSD-3-Clause"),
+    (["copyright_year=20"], "copyright_year", "'20'", "a year"),
     (["chameleon_site=CHI@Mars"], "chameleon_site", "'CHI@Mars'", "CHI@TACC"),
 ]
 
@@ -108,9 +110,9 @@ def test_generation_accepts_what_provisioning_accepts() -> None:
     sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
     from chameleon import FLAVORS, NODE_TYPES, SITES
 
-    validator = yaml.safe_load((ROOT / "copier.yml").read_text())["node_type"]["validator"]
-    lists = {name: re.findall(r"'([^']+)'", body) for name, body in
-             re.findall(r"set (\w+) = \[([^\]]*)\]", validator)}
+    choices = yaml.safe_load((ROOT / "copier.yml").read_text())["node_type"]["choices"]
+    lists = {name: re.findall(r"'([^']+)':", body) for name, body in
+             re.findall(r"set (\w+) = \{([^}]*)\}", choices)}
     assert lists == {"bare_metal": list(NODE_TYPES), "flavors": list(FLAVORS)}
     choices = yaml.safe_load((ROOT / "copier.yml").read_text())["chameleon_site"]["choices"]
     assert choices == list(SITES)

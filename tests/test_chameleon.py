@@ -186,7 +186,7 @@ def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> 
     for what in (
         f"deleted server {created['server_id']}",
         f"released floating IP {created['floating_ip']}",
-        f"deleted lease {created['lease_id']}",
+        f"deleted lease {created['lease_name']} ({created['lease_id']})",
     ):
         assert what in down.stdout
     assert fake.is_empty(), (fake.leases(), fake.servers(), fake.floating_ips())
@@ -267,67 +267,6 @@ def test_unknown_node_type_lists_the_known_ones(project: Project) -> None:
     assert "gpu_rtx_6000" in failed.stderr
 
 
-def test_configure_run_and_collect_through_the_command_runner(
-    project: Project, fake: FakeChameleon, tmp_path: Path
-) -> None:
-    """The SSH steps against a local shell standing in for the node; `docker` there is a stub
-    that runs the compose commands' effect (the training container runs the pipeline)."""
-    node = tmp_path / "node"
-    stub = tmp_path / "stub-bin"
-    stub.mkdir()
-    (stub / "docker").write_text(
-        "#!/usr/bin/env bash\n"
-        'echo "docker $*" >> "$HOME/../docker-calls.log"\n'
-        'case "$*" in *"--profile train run"*) exec snakemake --cores all ;; *) exit 0 ;; esac\n'
-    )
-    (stub / "firewall-cmd").write_text(
-        '#!/usr/bin/env bash\necho "firewall-cmd $*" >> "$HOME/../firewall.log"\n'
-    )
-    (stub / "sudo").write_text('#!/usr/bin/env bash\nexec "$@"\n')
-    for tool in stub.iterdir():
-        tool.chmod(0o755)
-    project.set_config("chameleon.node_type", "compute_skylake")
-    project.set_config("chameleon.open_ports", [8888])
-    project.run("git", "commit", "-qam", "CPU node")
-    env = {**project.env, "REPROSTACK_NODE_ROOT": str(node), "HOME": str(node),
-           "PATH": f"{stub}:{project.env['PATH']}"}
-    remote = Project(project.path, env)
-    remote.run("snakemake", "-c1", "provision")
-
-    configured = remote.run("snakemake", "-c1", "configure")
-    head = remote.run("git", "rev-parse", "HEAD").stdout.strip()
-    assert remote.run("git", "-C", str(node / "project"), "rev-parse", "HEAD").stdout.strip() == head
-    env_file = node / "project" / ".env"
-    assert env_file.stat().st_mode & 0o777 == 0o600
-    assert env_file.read_text() == (project.path / ".env").read_text()
-    secrets = [line.split("=", 1)[1] for line in env_file.read_text().splitlines() if "=" in line]
-    for secret in secrets:
-        assert secret not in configured.stdout + configured.stderr
-    firewall = (tmp_path / "firewall.log").read_text().splitlines()
-    assert firewall == [
-        "firewall-cmd --quiet --permanent --add-port=8888/tcp",
-        "firewall-cmd --quiet --reload",
-    ]
-    calls = (tmp_path / "docker-calls.log").read_text()
-    assert "compose -f docker/compose.yaml --env-file .env up -d --wait" in calls
-
-    ran = remote.run("snakemake", "-c1", "remote_run")
-    assert "steps (100%) done" in ran.stdout + ran.stderr  # the node's pipeline output streamed here
-    assert "--profile train run --rm train" in (tmp_path / "docker-calls.log").read_text()
-
-    collected = remote.run("snakemake", "-c1", "collect")
-    node_run = json.loads((node / "project" / "results" / "run.json").read_text())
-    assert f"MLflow run {node_run['run_id']}" in collected.stdout
-    assert json.loads((project.path / "results" / "metrics.json").read_text()) == json.loads(
-        (node / "project" / "results" / "metrics.json").read_text()
-    )
-    assert (project.path / "models" / "model.joblib").exists()
-    status = remote.run("dvc", "status").stdout
-    assert "train" not in status and "evaluate" not in status
-    remote.run("snakemake", "-c1", "teardown")
-    assert fake.is_empty()
-
-
 @pytest.fixture(scope="module")
 def kvm_fake() -> Iterator[FakeChameleon]:
     with FakeChameleon(password="right-password", region="KVM@TACC") as server:
@@ -389,7 +328,7 @@ def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_
     down = kvm_project.run("snakemake", "-c1", "teardown")
     for what in (f"deleted server {created['server_id']}", f"released floating IP {created['floating_ip']}",
                  f"deleted security group {created['security_group_id']}",
-                 f"deleted lease {created['lease_id']}"):
+                 f"deleted lease {created['lease_name']} ({created['lease_id']})"):
         assert what in down.stdout
     assert kvm_fake.is_empty(), (kvm_fake.leases(), kvm_fake.security_groups(), kvm_fake.floating_ips())
     assert "nothing to tear down" in kvm_project.run("snakemake", "-c1", "teardown").stdout

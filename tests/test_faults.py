@@ -87,7 +87,7 @@ def test_failed_and_killed_steps_keep_the_last_good_output_and_rerun(tmp_path: P
     # The same with DVC as the front end: the tracking server down at train; models kept, and
     # dvc.lock still says train is stale until a run succeeds.
     trained = digests(project)["models/model.joblib"]
-    project.set_config("train.epochs", 4)
+    project.set_config("model.epochs", 4)
     project.set_config("tracking.mode", "server")
     project.set_config("tracking.server_uri", f"http://127.0.0.1:{free_port()}")
     failed = project.dvc("repro", check=False)

@@ -45,7 +45,7 @@ def assert_run_recorded(project: Project, front_end: str) -> str:
         assert re.fullmatch(r"\d+\.\d+.*", tags[f"version.{tool}"])
     params = dict(project.sql("SELECT key, value FROM params WHERE run_uuid = ?", run_id))
     assert params["seed"] == str(config["seed"])
-    assert params["train.epochs"] == str(config["train"]["epochs"])
+    assert params["model.epochs"] == str(config["model"]["epochs"])
     assert params["data.source"] == config["data"]["source"]
     assert not any("uri" in key for key in params), "tracking URIs may hold credentials"
     latest = dict(project.sql("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", run_id))
@@ -54,7 +54,7 @@ def assert_run_recorded(project: Project, front_end: str) -> str:
     steps = project.sql(
         "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'epoch_loss' ORDER BY step", run_id
     )
-    assert [s for (s,) in steps] == list(range(1, config["train"]["epochs"] + 1))
+    assert [s for (s,) in steps] == list(range(1, config["model"]["epochs"] + 1))
     inputs = dict(project.sql(
         "SELECT d.name, d.digest FROM inputs i JOIN datasets d ON i.source_id = d.dataset_uuid"
         " WHERE i.destination_id = ?", run_id))
@@ -116,7 +116,7 @@ def test_pytorch_sample_both_front_ends_rerun_only_what_changed(
     runs_before = smk.sql("SELECT COUNT(*) FROM runs")[0][0]
 
     # One value changed: only the steps that read it (and what depends on their outputs) rerun.
-    smk.set_config("train.epochs", 3)
+    smk.set_config("model.epochs", 3)
     assert planned(smk) == {"train", "evaluate", "track", "verify"}
     smk.snakemake()
     assert smk.sql("SELECT COUNT(*) FROM runs")[0][0] == runs_before + 1
@@ -212,12 +212,12 @@ def test_environment_check_fails_before_training(tmp_path: Path, env: dict[str, 
 
 def test_bad_config_value_is_named_by_both_front_ends(tmp_path: Path, env: dict[str, str]) -> None:
     project = generate(tmp_path, "p", env, "framework=sklearn")
-    project.set_config("train.epochs", 0)
+    project.set_config("model.epochs", 0)
     smk = project.snakemake(check=False)
     assert smk.returncode != 0 and "epochs" in smk.stderr + smk.stdout
     dvc = project.dvc("repro", check=False)
     assert dvc.returncode != 0
-    assert "config/config.yaml: train.epochs: 0 is less than the minimum of 1" in dvc.stderr + dvc.stdout
+    assert "config/config.yaml: model.epochs: 0 is less than the minimum of 1" in dvc.stderr + dvc.stdout
 
 
 def test_code_change_is_recorded_as_dirty_with_its_diff(tmp_path: Path, env: dict[str, str]) -> None:

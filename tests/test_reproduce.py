@@ -240,7 +240,7 @@ def test_a_moved_project_reads_and_writes_only_inside_itself(tmp_path: Path) -> 
     shutil.move(project.path, moved)
     shutil.rmtree(tmp_path / "a")
     project = Project(moved, project.env)
-    project.set_config("train.epochs", 3)
+    project.set_config("model.epochs", 3)
     proc = project.snakemake()
     assert "train" in ran(proc.stdout + proc.stderr)
     assert not (tmp_path / "a").exists()

@@ -152,7 +152,7 @@ def test_tracking_server_down_fails_before_training(tmp_path: Path, env: dict[st
 def test_wrong_mlflow_password_is_named(stacked: tuple[Project, dict[str, int]]) -> None:
     project, _ = stacked
     wrong = Project(project.path, {**project.env, "MLFLOW_TRACKING_PASSWORD": "not-the-password"})
-    wrong.set_config("train.epochs", 3)
+    wrong.set_config("model.epochs", 3)
     failed = wrong.snakemake(check=False)
     assert failed.returncode != 0
     assert "rejected the credentials of user 'admin'" in failed.stderr
@@ -284,7 +284,7 @@ def test_strangers_refused_outage_changes_nothing_restart_loses_nothing(
     assert re.search(r"postgres\s+DOWN", status.stdout)
     assert re.search(r"mlflow\s+DOWN .*HTTP 503", status.stdout)
     assert re.search(r"s3\s+up", status.stdout)
-    project.set_config("train.epochs", 5)
+    project.set_config("model.epochs", 5)
     failed = project.snakemake(check=False)
     assert failed.returncode != 0
     assert "answered HTTP 503" in failed.stderr and "Nothing was run" in failed.stderr

@@ -9,6 +9,8 @@ rule data:
     output:
         update(directory("data/raw")),  # kept until replaced: see _step.keeping_last_good
         "results/data.json",
+    log:
+        "logs/data.log",
     params:
         data=config["data"],
     shell:
@@ -16,7 +18,7 @@ rule data:
 
 
 rule prepare:
-    # Seeded, stratified train/test split.
+    # The train/test split prepare.* describes (seeded random, unshuffled, a test file or a column).
     input:
         "data/raw",
         "results/environment.json",
@@ -24,6 +26,8 @@ rule prepare:
         f"{PKG}/data.py",
     output:
         update(directory("data/prepared")),  # kept until replaced: see _step.keeping_last_good
+    log:
+        "logs/prepare.log",
     params:
         seed=config["seed"],
         prepare=config["prepare"],

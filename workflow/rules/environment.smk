@@ -7,6 +7,8 @@ rule environment:
         f"{PKG}/provenance.py",
     output:
         "results/environment.json",
+    log:
+        "logs/environment.log",  # written by the step (see _step.log_step)
     shell:
         "python workflow/scripts/environment.py"
 
@@ -19,5 +21,7 @@ rule image:
         "workflow/scripts/image.py",
     output:
         "results/image.json",
+    log:
+        "logs/image.log",
     shell:
         "python workflow/scripts/image.py"

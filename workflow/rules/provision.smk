@@ -2,30 +2,68 @@
 # files, so they have no outputs, run only when named, and are not DVC stages (DVC versions data;
 # it does not schedule infrastructure). What they create is recorded in .chameleon/state.json.
 #   snakemake -c1 plan            what would be reserved, where and for how long
+#   snakemake -c1 check_site      the credentials, key pair, image, node type and duration, checked
+#                                 at the site as provision does before reserving; reserves nothing
 #   snakemake -c1 provision -n    Snakemake's dry run: nothing is contacted
 #   snakemake -c1 provision       lease + server + floating IP, waits for SSH; a rerun reuses them
-#   snakemake -c1 teardown        deletes exactly what the state file names; safe to run twice
+#   snakemake -c1 teardown        deletes exactly what the state file names; safe to run twice.
+#                                 Refuses while a run that finished on the node is not collected
+#   snakemake -c1 teardown_force  ... releases the node anyway (what was not collected is lost)
+#   snakemake -c1 extend          prolongs the active lease by chameleon.extend_hours
 
 
 rule plan:
+    log:
+        "logs/plan.log",
     localrule: True
     shell:
         "python workflow/scripts/chameleon.py plan"
 
 
+rule check_site:
+    log:
+        "logs/check_site.log",
+    localrule: True
+    shell:
+        "python workflow/scripts/chameleon.py check"
+
+
 rule provision:
+    log:
+        "logs/provision.log",
     localrule: True
     shell:
         "python workflow/scripts/chameleon.py provision"
 
 
 rule teardown:
+    log:
+        "logs/teardown.log",
     localrule: True
     shell:
         "python workflow/scripts/chameleon.py teardown"
 
 
+rule teardown_force:
+    log:
+        "logs/teardown_force.log",
+    localrule: True
+    shell:
+        "python workflow/scripts/chameleon.py teardown --force"
+
+
+rule extend:
+    log:
+        "logs/extend.log",
+    # Within Chameleon's policy: in the lease's last 48 h, to at most 7 days from now.
+    localrule: True
+    shell:
+        "python workflow/scripts/chameleon.py extend"
+
+
 rule configure:
+    log:
+        "logs/configure.log",
     # Over SSH: Docker and the GPU runtime, the repository at this commit, .env, the service stack.
     localrule: True
     shell:
@@ -33,14 +71,20 @@ rule configure:
 
 
 rule remote_run:
-    # The pipeline on the node, inside the training container; output streams back.
+    log:
+        "logs/remote_run.log",
+    # The pipeline on the node, inside the training container; output streams back. Then the MLflow
+    # run is exported and the DVC outputs pushed off the node (the site's object store by default).
     localrule: True
     shell:
         "python workflow/scripts/remote.py remote_run"
 
 
 rule collect:
-    # Metrics, DVC-tracked outputs (then `dvc commit` here) and the MLflow run id, back from the node.
+    log:
+        "logs/collect.log",
+    # Results, dvc.lock, the DVC outputs (pulled from where remote_run pushed them) and the MLflow
+    # run (copied into this project's store), back from the node; then `dvc commit` here.
     localrule: True
     shell:
         "python workflow/scripts/remote.py collect"

@@ -12,6 +12,8 @@ rule track:
         f"{PKG}/provenance.py",
     output:
         "results/run.json",
+    log:
+        "logs/track.log",
     params:
         tracking=config["tracking"],
     shell:

@@ -4,6 +4,8 @@
     python workflow/scripts/chameleon.py provision   # lease + server + floating IP (+ security group
                                                      # on KVM), wait for SSH
     python workflow/scripts/chameleon.py teardown    # delete exactly what the state file names
+    python workflow/scripts/chameleon.py teardown --force   # ... even if a remote run was not collected
+    python workflow/scripts/chameleon.py extend      # prolong the active lease by chameleon.extend_hours
     python workflow/scripts/chameleon.py check       # credentials and the site checks; reserves nothing
 
 Everything created is written to the state file (.chameleon/state.json, gitignored) as soon as it
@@ -36,9 +38,10 @@ import shlex
 import socket
 import sys
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = ROOT / ".chameleon" / "state.json"
@@ -63,11 +66,26 @@ PROJECT_SCOPE = ("OS_PROJECT_ID", "OS_PROJECT_NAME", "OS_PROJECT_DOMAIN_ID", "OS
 # an active lease can be prolonged near its end, and a longer one needs a one-time exception from the
 # help desk (ChameleonCloud/docs, source/technical/reservations.rst, section "lease-policy").
 MAX_LEASE_HOURS = {"CHI@TACC": 7 * 24, "CHI@UC": 7 * 24, "KVM@TACC": 7 * 24}
+# Prolonging, same section: "an active lease within 48 hours of its end time can be prolonged by up
+# to 7 days from the moment of request if resources are available". Blazar enforces it on update
+# (ChameleonCloud/blazar, blazar/enforcement/filters/max_lease_duration_filter.py: an update that
+# moves the end later is refused before `reservation_extension_window` of the current end, and the
+# added time counts against max_lease_duration). `extend` checks both before asking.
+EXTENSION_WINDOW_HOURS = 48
 TEARDOWN = "snakemake -c1 teardown"
+PROVISION = "snakemake -c1 provision"
+# Blazar lease states after which a lease gives nothing more (GONE: Blazar answers 404).
+LEASE_ENDED = ("TERMINATING", "TERMINATED")
+LEASE_DELETED = ("DELETING", "GONE")
+LEASE_STOPS = ("ERROR", *LEASE_ENDED, *LEASE_DELETED)
 
 
 class ChameleonError(SystemExit):
     """A provisioning failure with its real cause, in one message."""
+
+
+class Settled(ChameleonError):
+    """A failure whose message already says what is held and what to do: provision adds nothing."""
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +97,7 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
         "server_timeout_minutes": 30,
         "ssh_timeout_minutes": 15,
         "poll_seconds": 10,
+        "extend_hours": None,
         "key_name": None,
         "openrc": None,
         "open_ports": [],
@@ -101,6 +120,13 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
             f"chameleon.duration_hours: {hours!r} is outside {site}'s lease limit; accepted: more than 0 "
             f"and at most {limit} (Chameleon's leases last at most 7 days; prolong an active one instead)"
         )
+    extend = cham["extend_hours"] if cham["extend_hours"] is not None else hours
+    if not isinstance(extend, int | float) or isinstance(extend, bool) or not 0 < extend <= limit:
+        raise ChameleonError(
+            f"chameleon.extend_hours: {extend!r} is outside {site}'s limit; accepted: more than 0 and "
+            f"at most {limit} (Chameleon prolongs a lease by at most 7 days at a time)"
+        )
+    cham["extend_hours"] = extend
     ports = cham["open_ports"]
     bad = [p for p in ports if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535]
     if bad:
@@ -248,7 +274,13 @@ def _check_region(cham: dict[str, Any], access: Any) -> None:
     """The credentials must be for chameleon.site: each Chameleon site has its own Keystone, and the
     token's service catalog names the region its endpoints are in."""
     site, named = cham["site"], os.environ.get("OS_REGION_NAME")
-    if named != site:
+    if cham.get("state_site"):  # acting on what the state file names: only its site's answer counts
+        if named != site:
+            raise ChameleonError(
+                f"chameleon: the state file names resources at {site}, but the credentials say "
+                f"OS_REGION_NAME={named}; use {site}'s openrc (nothing was changed)"
+            )
+    elif named != site:
         raise ChameleonError(
             f"chameleon.site: '{site}', but the credentials say OS_REGION_NAME={named}; "
             f"use {site}'s openrc, or set chameleon.site to {named}"
@@ -259,6 +291,11 @@ def _check_region(cham: dict[str, Any], access: Any) -> None:
         if kind in ("reservation", "compute")
         for endpoint in endpoints
     } - {None}
+    if regions and site not in regions and cham.get("state_site"):
+        raise ChameleonError(
+            f"chameleon: the state file names resources at {site}, but the credentials' service "
+            f"catalog is for {', '.join(sorted(regions))}; use {site}'s openrc (nothing was changed)"
+        )
     if regions and site not in regions:
         raise ChameleonError(
             f"chameleon.site: '{site}', but the credentials' service catalog is for "
@@ -353,8 +390,17 @@ def _explain(messages: list[str], cham: dict[str, Any], name: str) -> str:
 HEARTBEAT_S = 60.0  # a wait says it is still waiting at least this often
 
 
-def _poll(what: str, get_status, timeout_s: float, interval: float, wanted: str) -> str:
-    """Poll until `wanted` or ERROR, printing each status change and a heartbeat while none comes."""
+def _poll(
+    what: str,
+    get_status: Callable[[], str],
+    timeout_s: float,
+    interval: float,
+    wanted: str,
+    stops: tuple[str, ...] = ("ERROR",),
+    hint: str = f"; it is recorded in {STATE.relative_to(ROOT)}, run teardown to delete it",
+) -> str:
+    """Poll until `wanted` or a status in `stops` (returned at once: waiting on would only run out
+    the timeout), printing each status change and a heartbeat while none comes."""
     start = time.monotonic()
     last, said = None, start
     while True:
@@ -367,14 +413,100 @@ def _poll(what: str, get_status, timeout_s: float, interval: float, wanted: str)
         elif now - said >= HEARTBEAT_S:
             print(f"chameleon: {what}: still {status} ({now - start:.0f} s, want {wanted})", flush=True)
             said = now
-        if status in (wanted, "ERROR"):
+        if status == wanted or status in stops:
             return status
         if time.monotonic() - start >= timeout_s:
             raise ChameleonError(
                 f"chameleon: {what} was still {status} after waiting {timeout_s:.0f} s "
-                f"(want {wanted}); it is recorded in {STATE.relative_to(ROOT)}, run teardown to delete it"
+                f"(want {wanted}){hint}"
             )
         time.sleep(interval)
+
+
+def _lease_ref(state: dict[str, Any], lease: Any = None) -> str:
+    """A lease in messages: by name, id in parentheses."""
+    name = state.get("lease_name") or getattr(lease, "name", None) or "?"
+    return f"lease {name} ({state.get('lease_id') or getattr(lease, 'id', '?')})"
+
+
+def _when(value: Any) -> datetime | None:
+    """A Blazar date (UTC, naive) from the API's text, or None."""
+    if isinstance(value, datetime):
+        return value
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"):
+        try:
+            return datetime.strptime(str(value).removesuffix("Z"), fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def _show(value: Any) -> str:
+    when = _when(value)
+    return f"{when:%Y-%m-%d %H:%M} UTC" if when else str(value)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)  # Blazar's dates are naive UTC
+
+
+def _blazar_code(error: Exception) -> int | None:
+    """blazarclient raises its own type, with the HTTP code in kwargs."""
+    return getattr(error, "kwargs", {}).get("code", getattr(error, "code", None))
+
+
+def _get_lease(lease_id: str) -> dict[str, Any] | None:
+    """Blazar's view of the lease, or None when Blazar no longer has it (404)."""
+    from chi.clients import blazar
+
+    try:
+        return blazar().lease.get(lease_id)
+    except Exception as error:
+        if _blazar_code(error) == 404:
+            return None
+        raise
+
+
+def _lease_status(lease_id: str) -> str:
+    found = _get_lease(lease_id)
+    return found["status"] if found else "GONE"
+
+
+def _start_over(state: dict[str, Any]) -> str:
+    """What to do once the lease is of no more use: teardown releases the rest, provision starts anew."""
+    rest = _held({k: v for k, v in state.items() if k not in ("lease_id", "server_id")})
+    release = f"releases what is left ({rest}) and clears" if rest else "clears"
+    return f"`{TEARDOWN}` {release} the state file, then `{PROVISION}` makes a new lease"
+
+
+def _lease_stopped(state: dict[str, Any], status: str, found: dict[str, Any] | None) -> NoReturn:
+    """One line for a lease that will never be (or is no longer) ACTIVE."""
+    ref = _lease_ref(state)
+    if status in LEASE_ENDED:
+        raise Settled(
+            f"chameleon: {ref} ended at {_show((found or {}).get('end_date'))} ({status}); "
+            f"{_start_over(state)}"
+        )
+    if status in LEASE_DELETED:
+        raise Settled(f"chameleon: {ref} was deleted outside reprostack; {_start_over(state)}")
+    raise ChameleonError(
+        f"chameleon: {ref} is in ERROR; it will not be reused. Run teardown, then provision again"
+    )
+
+
+def _pending(cham: dict[str, Any], state: dict[str, Any], found: dict[str, Any]) -> None:
+    """A lease that starts later: said with its start time; beyond the wait, said and left alone."""
+    start = _when(found.get("start_date"))
+    if start is None:
+        return
+    ahead = start - _utcnow()
+    if ahead > timedelta(minutes=cham["lease_timeout_minutes"]):
+        raise Settled(
+            f"chameleon: {_lease_ref(state)} is PENDING until {_show(start)} "
+            f"({ahead.total_seconds() / 3600:.1f} h from now, beyond chameleon.lease_timeout_minutes: "
+            f"{cham['lease_timeout_minutes']}); run `{PROVISION}` again then, or `{TEARDOWN}` to give it up"
+        )
+    print(f"chameleon: {_lease_ref(state)} is PENDING; it starts at {_show(start)}")
 
 
 def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> Any:
@@ -383,8 +515,14 @@ def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> A
     from chi.exception import ResourceError
 
     if state.get("lease_id"):
-        lease = chi.lease.Lease(lease_json=blazar().lease.get(state["lease_id"]))
-        print(f"chameleon: reusing lease {lease.id} ({lease.status})")
+        found = _get_lease(state["lease_id"])
+        status = found["status"] if found else "GONE"
+        if status in LEASE_STOPS:
+            _lease_stopped(state, status, found)
+        lease = chi.lease.Lease(lease_json=found)
+        print(f"chameleon: reusing {_lease_ref(state)} ({status})")
+        if status == "PENDING":
+            _pending(cham, state, found)
     else:
         name = f"{project}-{secrets.token_hex(3)}"
         lease = chi.lease.Lease(name, duration=timedelta(hours=cham["duration_hours"]))
@@ -409,19 +547,17 @@ def ensure_lease(cham: dict[str, Any], state: dict[str, Any], project: str) -> A
             logger.removeHandler(captured)
         state.update(lease_id=lease.id, lease_name=name, site=cham["site"])
         write_state(state)
-        print(f"chameleon: created lease {name} ({lease.id})")
+        print(f"chameleon: created {_lease_ref(state)}")
     status = _poll(
         f"lease {state.get('lease_name') or lease.id}",
         lambda: _lease_status(lease.id),
         cham["lease_timeout_minutes"] * 60,
         cham["poll_seconds"],
         "ACTIVE",
+        stops=LEASE_STOPS,
     )
-    if status == "ERROR":
-        raise ChameleonError(
-            f"chameleon: lease {lease.id} is in ERROR; it will not be reused. "
-            "Run teardown, then provision again"
-        )
+    if status != "ACTIVE":
+        _lease_stopped(state, status, _get_lease(lease.id))
     return chi.lease.Lease(lease_json=blazar().lease.get(lease.id))
 
 
@@ -443,16 +579,19 @@ def _flavor_id(cham: dict[str, Any]) -> str:
     return flavors[cham["node_type"]]
 
 
-def _lease_status(lease_id: str) -> str:
-    from chi.clients import blazar
-
-    return blazar().lease.get(lease_id)["status"]
-
-
 def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> Any:
     import chi.server
     from chi.clients import nova
 
+    if state.get("server_id") and _server_status(state["server_id"]) == "GONE":
+        # The lease is ACTIVE (ensure_lease saw to it): its reservation takes a new server.
+        print(
+            f"chameleon: server {state['server_id']} was deleted outside reprostack; "
+            f"{_lease_ref(state, lease)} is still ACTIVE (until {_show(lease.end_date)}): "
+            "launching a new server on it"
+        )
+        state.pop("server_id")
+        write_state(state)
     if state.get("server_id"):
         server = chi.server.Server._from_nova_server(nova().servers.get(state["server_id"]))
         print(f"chameleon: reusing server {server.id} ({server.status})")
@@ -463,7 +602,9 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
             # instance outside the reservation (it works, which is what makes it a trap).
             reserved = lease.get_reserved_flavors()
             if not reserved:
-                raise ChameleonError(f"chameleon: lease {lease.id} has no reserved flavor; run teardown")
+                raise ChameleonError(
+                    f"chameleon: {_lease_ref(state, lease)} has no reserved flavor; run teardown"
+                )
             placement = {"flavor_name": reserved[0].name}
         else:
             placement = {"reservation_id": lease.node_reservations[0]["id"], "flavor_name": "baremetal"}
@@ -480,11 +621,17 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
         print(f"chameleon: created server {name} ({server.id}) from {cham['image']}")
     status = _poll(
         f"server {server.id}",
-        lambda: nova().servers.get(server.id).status,
+        lambda: _server_status(server.id),
         cham["server_timeout_minutes"] * 60,
         cham["poll_seconds"],
         "ACTIVE",
+        stops=("ERROR", "GONE"),
     )
+    if status == "GONE":
+        raise ChameleonError(
+            f"chameleon: server {server.id} was deleted while it started (outside reprostack); "
+            f"run `{PROVISION}` again to launch a new one on {_lease_ref(state, lease)}"
+        )
     if status == "ERROR":
         fault = getattr(nova().servers.get(server.id), "fault", {}) or {}
         raise ChameleonError(
@@ -551,12 +698,25 @@ def ensure_floating_ip(cham: dict[str, Any], state: dict[str, Any], lease: Any, 
             f"chameleon: floating IP {address} named in {STATE.relative_to(ROOT)} is gone; "
             "run teardown, then provision again"
         )
-    if not found.get("port_id"):
-        server.associate_floating_ip(address)
-        print(f"chameleon: floating IP {address} attached")
-    else:
+    if _port_device(found.get("port_id")) == server.id:
         print(f"chameleon: reusing floating IP {address}")
+    else:  # new, or left behind by a server deleted outside reprostack
+        server.associate_floating_ip(address)
+        print(f"chameleon: floating IP {address} attached to server {server.id}")
     return address
+
+
+def _port_device(port_id: str | None) -> str | None:
+    """The server a port belongs to (None: no port, or the port is gone with its server)."""
+    from chi.clients import neutron
+    from neutronclient.common.exceptions import NotFound
+
+    if not port_id:
+        return None
+    try:
+        return neutron().show_port(port_id)["port"].get("device_id")
+    except NotFound:
+        return None
 
 
 def _floating_ip(address: str) -> dict[str, Any] | None:
@@ -627,7 +787,7 @@ def provision(config: dict[str, Any]) -> dict[str, Any]:
         waited = wait_for_ssh(address, cham["ssh_timeout_minutes"] * 60, cham["poll_seconds"])
     except (Exception, ChameleonError, KeyboardInterrupt) as error:
         held = _held(state)
-        if not held:
+        if not held or isinstance(error, Settled):
             raise
         message = (
             str(error) if isinstance(error, ChameleonError) else f"chameleon: {type(error).__name__}: {error}"
@@ -644,7 +804,7 @@ def _held(state: dict[str, Any]) -> str:
     """What the state file says exists at the site, in words."""
     held = []
     if state.get("lease_id"):
-        held.append(f"lease {state.get('lease_name', '?')} ({state['lease_id']})")
+        held.append(_lease_ref(state))
     if state.get("server_id"):
         held.append(f"server {state['server_id']}")
     if state.get("floating_ip"):
@@ -666,61 +826,127 @@ def check(config: dict[str, Any]) -> None:
     )
 
 
-def teardown(config: dict[str, Any]) -> list[str]:
-    """Delete the server, release the floating IP, delete the lease: what the state names, nothing else."""
+def teardown(config: dict[str, Any], force: bool = False) -> list[str]:
+    """Delete the server, release the floating IP, delete the lease: what the state names, nothing
+    else, and only at the site it names. Each resource leaves the state file once the site confirms
+    it is gone, so a failure midway leaves exactly what remains, for a rerun to finish."""
     state = read_state()
     if not state:
         print("chameleon: nothing to tear down (no state file)")
         return []
+    _refuse_uncollected(state, force)
     site = state.get("site", config["chameleon"]["site"])  # where the resources are, whatever the config says
     cham = settings({**config, "chameleon": {**config.get("chameleon", {}), "site": site}})
+    cham["state_site"] = True  # "already gone" means something only from the site that held it
     check_credentials(cham)
-    from chi.clients import blazar, neutron, nova
-    from novaclient.exceptions import NotFound
-
     report: list[str] = []
 
     def done(line: str) -> None:  # printed as it happens, so a failure midway still says what went
         report.append(line)
         print(f"chameleon: {line}")
 
-    if state.get("server_id"):
-        try:
-            nova().servers.delete(state["server_id"])
-            done(f"deleted server {state['server_id']}")
-        except NotFound:
-            done(f"server {state['server_id']} was already gone")
-        if state.get("security_group_id"):  # Nova deletes asynchronously; the group is in use until then
-            _poll(f"server {state['server_id']} (being deleted)", lambda: _server_status(state["server_id"]),
-                  cham["server_timeout_minutes"] * 60, cham["poll_seconds"], "GONE")
-        state.pop("server_id")
-        write_state(state)
-    if state.get("floating_ip"):
-        found = _floating_ip(state["floating_ip"])
-        if found:
-            neutron().delete_floatingip(found["id"])
-            done(f"released floating IP {state['floating_ip']}")
-        else:
-            done(f"floating IP {state['floating_ip']} was already released")
-        state.pop("floating_ip")
-        write_state(state)
-    if state.get("security_group_id"):
-        done(_delete_security_group(state["security_group_id"]))
-        state.pop("security_group_id")
-        write_state(state)
-    if state.get("lease_id"):
-        try:
-            blazar().lease.delete(state["lease_id"])
-            done(f"deleted lease {state['lease_id']}")
-        except Exception as error:  # blazarclient raises its own type, with the code in kwargs
-            code = getattr(error, "kwargs", {}).get("code", getattr(error, "code", None))
-            if code != 404:
-                raise ChameleonError(
-                    f"chameleon: could not delete lease {state['lease_id']}: {error}"
-                ) from None
-            done(f"lease {state['lease_id']} was already gone")
+    try:
+        _teardown_server(cham, state, done)
+        _teardown_floating_ip(state, done)
+        if state.get("security_group_id"):
+            done(_delete_security_group(state["security_group_id"]))
+            _forget(state, "security_group_id")
+        _teardown_lease(state, done)
+    except (Exception, ChameleonError, KeyboardInterrupt) as error:
+        held = _held(state)
+        message = (
+            str(error) if isinstance(error, ChameleonError) else f"chameleon: {type(error).__name__}: {error}"
+        )
+        if not held:
+            raise ChameleonError(message) from None
+        raise ChameleonError(
+            f"{message.rstrip('.')}; still held at {site}: {held} (kept in {STATE.relative_to(ROOT)}); "
+            f"run `{TEARDOWN}` again to finish"
+        ) from None
     STATE.unlink()
     return report
+
+
+def _refuse_uncollected(state: dict[str, Any], force: bool) -> None:
+    """A run that finished on the node but was not brought back lives only on the node: releasing
+    the node loses it, so only --force does that. Nothing is asked of the site before this."""
+    run = state.get("remote_run")
+    if not run or run.get("collected"):
+        return
+    lost = ", ".join(run.get("unsaved") or []) or "its outputs"
+    commit = str(run.get("commit") or "?")[:12]
+    what = f"the run that finished on the node at {run.get('finished_at', '?')} (commit {commit})"
+    if not force:
+        raise ChameleonError(
+            f"chameleon: not tearing down: {what} has not been collected: {lost}; run "
+            f"`snakemake -c1 collect` first, or `snakemake -c1 teardown_force` to release the node "
+            "anyway (those are lost)"
+        )
+    print(f"chameleon: tearing down anyway (--force): {what} was not collected; lost: {lost}")
+
+
+def _forget(state: dict[str, Any], key: str) -> None:
+    state.pop(key, None)
+    write_state(state)
+
+
+def _teardown_server(cham: dict[str, Any], state: dict[str, Any], done: Callable[[str], None]) -> None:
+    """Delete, then wait for Nova's 404: a server being deleted is still alive (and holds its
+    security group and the node)."""
+    from chi.clients import nova
+    from novaclient.exceptions import NotFound
+
+    server_id = state.get("server_id")
+    if not server_id:
+        return
+    try:
+        nova().servers.delete(server_id)
+        line = f"deleted server {server_id}"
+    except NotFound:
+        line = f"server {server_id} was already gone"
+    _poll(f"server {server_id} (being deleted)", lambda: _server_status(server_id),
+          cham["server_timeout_minutes"] * 60, cham["poll_seconds"], "GONE", stops=(), hint="")
+    done(line)
+    _forget(state, "server_id")
+
+
+def _teardown_floating_ip(state: dict[str, Any], done: Callable[[str], None]) -> None:
+    from chi.clients import neutron
+
+    address = state.get("floating_ip")
+    if not address:
+        return
+    found = _floating_ip(address)
+    if found:
+        neutron().delete_floatingip(found["id"])
+        if _floating_ip(address):
+            raise ChameleonError(f"chameleon: floating IP {address} is still allocated after its release")
+        done(f"released floating IP {address}")
+    else:
+        done(f"floating IP {address} was already released")
+    _forget(state, "floating_ip")
+
+
+def _teardown_lease(state: dict[str, Any], done: Callable[[str], None]) -> None:
+    """Delete, then ask Blazar again: only a lease it no longer has, or has ended or is deleting,
+    leaves the state file."""
+    from chi.clients import blazar
+
+    if not state.get("lease_id"):
+        return
+    ref = _lease_ref(state)
+    try:
+        blazar().lease.delete(state["lease_id"])
+        line = f"deleted {ref}"
+    except Exception as error:
+        if _blazar_code(error) != 404:
+            raise ChameleonError(f"chameleon: could not delete {ref}: {error}") from None
+        line = f"{ref} was already gone"
+    status = _lease_status(state["lease_id"])
+    if status not in ("GONE", "TERMINATED", "DELETING"):
+        raise ChameleonError(f"chameleon: {ref} is still {status} after Blazar accepted its deletion")
+    done(line)
+    _forget(state, "lease_id")
 
 
 def _server_status(server_id: str) -> str:
@@ -764,38 +990,108 @@ def plan(config: dict[str, Any]) -> str:
         f"for:       {cham['duration_hours']} h from now",
         f"image:     {cham['image']} ({cham['accelerator']})",
         f"lease:     {config['project']['name']}-<random>",
+        f"extend:    +{cham['extend_hours']} h with `snakemake -c1 extend`, in the last "
+        f"{EXTENSION_WINDOW_HOURS} h of the lease, up to {MAX_LEASE_HOURS[cham['site']]} h from then",
         "state:     "
         + (
-            f"reuse {STATE.relative_to(ROOT)} (lease {state.get('lease_id')}, "
-            f"server {state.get('server_id')})"
-            if state
+            f"reuse {STATE.relative_to(ROOT)} ({_lease_ref(state)}, server {state.get('server_id')})"
+            if state.get("lease_id")
             else "nothing created yet"
         ),
     ]
     return "\n".join(lines)
 
 
+def extend(config: dict[str, Any]) -> tuple[datetime, datetime]:
+    """Prolong the ACTIVE lease the state names by chameleon.extend_hours, within Chameleon's policy
+    (see EXTENSION_WINDOW_HOURS); the old and new end are printed and returned."""
+    state = read_state()
+    if not state.get("lease_id"):
+        raise ChameleonError(
+            f"chameleon: nothing to extend: {STATE.relative_to(ROOT)} names no lease "
+            f"(`{PROVISION}` makes one)"
+        )
+    site = state.get("site", config["chameleon"]["site"])
+    cham = settings({**config, "chameleon": {**config.get("chameleon", {}), "site": site}})
+    cham["state_site"] = True
+    check_credentials(cham)
+    found = _get_lease(state["lease_id"])
+    status = found["status"] if found else "GONE"
+    if status != "ACTIVE":
+        if status in LEASE_STOPS:
+            _lease_stopped(state, status, found)
+        raise ChameleonError(
+            f"chameleon: {_lease_ref(state)} is {status}, not ACTIVE: Chameleon prolongs only an active "
+            f"lease; run `{PROVISION}` until it is ACTIVE, then extend"
+        )
+    old_end = _when(found["end_date"])
+    new_end = _check_extension(cham, state, old_end)
+    minutes = round(cham["extend_hours"] * 60)
+    from chi.clients import blazar
+
+    try:  # as `openstack reservation lease update --prolong-for`: blazarclient sends the new end_date
+        updated = blazar().lease.update(state["lease_id"], prolong_for=f"{minutes}m")
+    except Exception as error:
+        raise ChameleonError(
+            f"chameleon: Blazar at {site} refused to prolong {_lease_ref(state)} by "
+            f"{cham['extend_hours']} h: {error}; it still ends at {_show(old_end)}"
+        ) from None
+    new_end = _when(updated.get("end_date")) or new_end
+    print(f"chameleon: {_lease_ref(state)} extended by {cham['extend_hours']} h: ends at "
+          f"{_show(new_end)} (was {_show(old_end)})")
+    return old_end, new_end
+
+
+def _check_extension(cham: dict[str, Any], state: dict[str, Any], old_end: datetime) -> datetime:
+    """Chameleon's rule, before Blazar is asked: within the last 48 h, and to at most 7 days from now."""
+    now, limit = _utcnow(), MAX_LEASE_HOURS[cham["site"]]
+    opens = old_end - timedelta(hours=EXTENSION_WINDOW_HOURS)
+    if now < opens:
+        raise ChameleonError(
+            f"chameleon: {_lease_ref(state)} ends at {_show(old_end)}; Chameleon prolongs a lease only "
+            f"in its last {EXTENSION_WINDOW_HOURS} h: run `snakemake -c1 extend` after {_show(opens)}"
+        )
+    new_end = old_end + timedelta(hours=cham["extend_hours"])
+    if new_end - now > timedelta(hours=limit):
+        room = max(0.0, (now + timedelta(hours=limit) - old_end).total_seconds() / 3600)
+        raise ChameleonError(
+            f"chameleon.extend_hours: {cham['extend_hours']} would end {_lease_ref(state)} at "
+            f"{_show(new_end)}, more than {limit} h from now ({cham['site']}'s limit); accepted now: "
+            f"more than 0 and at most {int(room * 10) / 10:g}"
+        )
+    return new_end
+
+
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
-    from _step import load_config
+    from _step import load_config, log_to
 
     config = load_config()
+    action, options = (argv[0], argv[1:]) if argv else ("plan", [])
+    rules = {"check": "check_site", "teardown": "teardown_force" if options == ["--force"] else "teardown"}
+    if action in ("plan", "provision", "teardown", "extend", "check"):
+        log_to(rules.get(action, action))  # the rule's log: (workflow/rules/provision.smk)
     # neutronclient warns on every client it makes; the noise would bury the lines that matter.
     logging.getLogger("neutronclient.v2_0.client").addFilter(
         lambda record: "python binding code in neutronclient" not in record.getMessage()
     )
-    action = argv[0] if argv else "plan"
+    if options and (action, options) != ("teardown", ["--force"]):
+        raise ChameleonError(
+            f"chameleon: unknown option(s) {' '.join(options)} for '{action}'; accepted: teardown --force"
+        )
     if action == "plan":
         print(plan(config))
     elif action == "provision":
         provision(config)
     elif action == "teardown":
-        teardown(config)
+        teardown(config, force=bool(options))
+    elif action == "extend":
+        extend(config)
     elif action == "check":
         check(config)
     else:
         raise ChameleonError(
-            f"chameleon: unknown action '{action}'; accepted: plan, provision, teardown, check"
+            f"chameleon: unknown action '{action}'; accepted: plan, provision, teardown, extend, check"
         )
     return 0
 

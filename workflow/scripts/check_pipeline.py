@@ -2,12 +2,15 @@
 
 For every step: the same name, the same command, the same inputs (deps), outputs (outs, metrics,
 plots), params, and the same outputs kept while the step runs (Snakemake `update()`, DVC
-`persist`). Exits non-zero naming each stage that disagrees, so neither front end can drift.
+`persist`). Logs are not outputs: the step script itself writes logs/<script>.log under either
+front end (_step.log_step), so each rule (publish too) must name exactly that file as its `log:`.
+Exits non-zero naming each stage that disagrees, so neither front end can drift.
 Usage: python workflow/scripts/check_pipeline.py
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-# Not pipeline steps: the default target, publish (acts on git and the remote), and the Chameleon
-# rules, which act on the testbed.
-SKIP_RULES = {"all", "publish", "plan", "provision", "configure", "remote_run", "collect", "teardown"}
+# Not pipeline steps: the default target, publish (acts on git and the remote; its log is checked),
+# and every rule in rules/provision.smk (the Chameleon rules act on the testbed, not on files).
+SKIP_RULES = {"publish"}
+TESTBED_RULES = Path("workflow") / "rules" / "provision.smk"
 
 
 def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:
@@ -46,6 +50,17 @@ def dvc_stages(path: Path) -> dict[str, dict[str, Any]]:
     return stages
 
 
+def log_problem(name: str, cmd: str, logs: list[str]) -> str | None:
+    """None when the rule's `log:` is the file its step script writes (logs/<script>.log)."""
+    script = re.search(r"workflow/scripts/(\w+)\.py", cmd)
+    expected = [f"logs/{script.group(1)}.log"] if script else None
+    if expected is None:
+        return f"rule '{name}': its command runs no step script (workflow/scripts/*.py) to write a log"
+    if logs != expected:
+        return f"rule '{name}': log {logs or 'missing'}, but its step writes {expected[0]}"
+    return None
+
+
 def snakemake_rules(root: Path) -> dict[str, dict[str, Any]]:
     from snakemake.api import SnakemakeApi
     from snakemake.io import is_flagged
@@ -60,7 +75,7 @@ def snakemake_rules(root: Path) -> dict[str, dict[str, Any]]:
         )
         # The public API prints rules but does not return them; the parsed workflow holds them.
         for rule in workflow_api._workflow.rules:
-            if rule.name in SKIP_RULES:
+            if rule.name == "all" or Path(rule.snakefile).resolve() == (root / TESTBED_RULES).resolve():
                 continue
             rules[rule.name] = {
                 "cmd": " ".join(str(rule.shellcmd or "").split()),
@@ -68,12 +83,15 @@ def snakemake_rules(root: Path) -> dict[str, dict[str, Any]]:
                 "outs": sorted(str(f) for f in rule.output),
                 "kept": sorted(str(f) for f in rule.output if is_flagged(f, "update")),
                 "params": sorted(rule.params.keys()),
+                "log": [str(f) for f in rule.log],
             }
     return rules
 
 
 def compare(dvc: dict[str, dict[str, Any]], smk: dict[str, dict[str, Any]]) -> list[str]:
-    problems = []
+    problems = [problem for name, rule in sorted(smk.items())
+                if (problem := log_problem(name, rule["cmd"], rule["log"]))]
+    smk = {name: rule for name, rule in smk.items() if name not in SKIP_RULES}
     for name in sorted(set(dvc) | set(smk)):
         if name not in smk:
             problems.append(f"stage '{name}': in dvc.yaml but no Snakemake rule of that name")

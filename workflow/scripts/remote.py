@@ -1,8 +1,15 @@
 """Work on the provisioned node over SSH: configure it, run the pipeline there, collect the results.
 
     python workflow/scripts/remote.py configure    # Docker (+ GPU runtime), repo at this commit, .env, stack
-    python workflow/scripts/remote.py remote_run   # the pipeline in the training container, streamed
-    python workflow/scripts/remote.py collect      # metrics, DVC-tracked outputs and the MLflow run id
+    python workflow/scripts/remote.py remote_run   # the pipeline in the training container, streamed;
+                                                   # the MLflow run exported, DVC outputs pushed
+    python workflow/scripts/remote.py collect      # results, DVC outputs and the MLflow run, here
+
+Results outlive the node: remote_run pushes the DVC outputs to a remote outside the node (the
+site's object store by default, see object_store.py) and exports the MLflow run to a folder;
+collect pulls the outputs and imports the run into this project's own tracking store (a tracking
+server outside the node already has it). Until collect has run, teardown refuses to release the
+node (the state file's `remote_run` says what is unsaved).
 
 Commands go through a runner: SSH to cc@<floating IP> (the real path), or, for tests, a local shell
 in a folder that stands in for the node (REPROSTACK_RUNNER=local, REPROSTACK_NODE_ROOT=folder).
@@ -18,13 +25,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from chameleon import ROOT, ChameleonError, read_state, settings
+from chameleon import ROOT, ChameleonError, check_credentials, read_state, settings, write_state
 
 PROJECT = "project"  # the clone's folder in the node's home
 SETUP = Path(__file__).with_name("node_setup.sh")
-COLLECTED = ("results", "models", "data/raw", "data/prepared", "dvc.lock")
 # From the project root. Compose looks for .env in the compose file's folder (docker/), so the
 # project's .env is named; --project-directory would move the file's relative paths too.
 COMPOSE = "docker compose -f docker/compose.yaml --env-file .env"
@@ -128,41 +136,174 @@ def configure(config: dict) -> None:
         node.put(ROOT / ".env", f"{PROJECT}/.env")
         node.run(f"chmod 600 {PROJECT}/.env")
     node.run(f"cd {PROJECT} && {COMPOSE} up -d --wait")
-    print(f"remote: configured: {PROJECT} at {commit[:12]}, secrets in place, service stack up")
+    remote = _outliving_remote(config, cham, node)
+    state = read_state()
+    state["dvc_remote"] = remote
+    write_state(state)
+    target = (f"outputs will be pushed to the DVC remote '{remote['name']}' ({remote['where']})"
+              if remote["name"] else remote["where"])
+    print(f"remote: configured: {PROJECT} at {commit[:12]}, secrets in place, service stack up; {target}")
+
+
+def _outliving_remote(config: dict, cham: dict, node: Runner) -> dict[str, str]:
+    """Set up the DVC remote a run on the node pushes to, here and on the node (see object_store)."""
+    import object_store
+    import storage
+
+    storage_cfg = config["storage"]
+    name = object_store.remote_name(config)
+    if name == "shared":  # storage.mode s3 outside the node: both sides take its keys from .env
+        return {"name": name, "where": f"s3://{storage_cfg['bucket']}/dvc at {storage_cfg['endpoint']}"}
+    check_credentials(cham)
+    endpoint = object_store.s3_endpoint()
+    if endpoint is None:
+        return {"name": "", "where": f"{cham['site']} lists no object store: the outputs stay on the node "
+                "until collect copies them over SSH (storage.mode: s3 with an endpoint both machines "
+                "reach pushes them off the node)"}
+    keys = object_store.ec2_keys()
+    bucket = storage_cfg["bucket"]
+    if object_store.ensure_bucket(endpoint, bucket, keys):
+        print(f"remote: created bucket '{bucket}' in {cham['site']}'s object store ({endpoint})")
+    settings = object_store.remote_settings(endpoint, bucket, keys)
+    secret_file = ROOT / ".dvc" / "config.local"  # holds the keys: 600 before they are written
+    os.close(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    secret_file.chmod(0o600)
+    storage._ensure(ROOT, object_store.CHAMELEON, settings, local=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        node_file = Path(tmp) / "config.local"
+        node_file.touch(mode=0o600)
+        node_file.write_text(object_store.config_local(settings))
+        node.run(f"umask 077 && : > {PROJECT}/.dvc/config.local")
+        node.put(node_file, f"{PROJECT}/.dvc/config.local")
+    node.run(f"chmod 600 {PROJECT}/.dvc/config.local")
+    return {"name": name, "where": f"s3://{bucket}/dvc in {cham['site']}'s object store at {endpoint}"}
+
+
+def _in_container(command: str = "") -> str:
+    return f"cd {PROJECT} && {COMPOSE} --profile train run --rm train {command}".rstrip()
 
 
 def remote_run(config: dict) -> None:
+    """The pipeline on the node, then what must outlive the node: the MLflow run exported to a
+    folder (collect imports it here) and the DVC outputs pushed to the outliving remote."""
+    import object_store
+
     settings(config)
-    runner().run(f"cd {PROJECT} && {COMPOSE} --profile train run --rm train")
+    state = read_state()
+    remote = state.get("dvc_remote")
+    if remote is None:
+        raise ChameleonError("remote: the node is not configured; run `snakemake -c1 configure` first")
+    node = runner()
+    started = time.time()
+    node.run(_in_container())
+    node.run(_in_container("python workflow/scripts/run_copy.py export"))
+    with tempfile.TemporaryDirectory() as tmp:
+        node.get(f"{PROJECT}/results/run.json", Path(tmp) / "run.json")
+        run = json.loads((Path(tmp) / "run.json").read_text())
+    record = {"commit": _git("rev-parse", "HEAD"), "run_id": run["run_id"], "collected": False,
+              "started_at": _iso(started), "finished_at": _iso(time.time()), "pushed": False,
+              "unsaved": [f"MLflow run {run['run_id']}", "results/", "dvc.lock",
+                          "models, data/raw, data/prepared (not pushed)"]}
+    state["remote_run"] = record
+    write_state(state)  # from here on, teardown refuses until collect brings everything back
+    if not remote["name"]:
+        print(f"remote: run finished on the node: MLflow run {run['run_id']} exported; the DVC outputs "
+              "stay on the node until `snakemake -c1 collect` copies them over SSH")
+        return
+    try:
+        checksums = " ".join(f"{k}={v}" for k, v in object_store.CHECKSUMS.items())
+        node.run(_in_container(f"env {checksums} dvc push --remote {remote['name']}"))
+    except ChameleonError as error:
+        raise ChameleonError(f"{error}; the outputs stay on the node only: `snakemake -c1 collect` copies "
+                             "them over SSH instead") from None
+    record.update(pushed=True, unsaved=record["unsaved"][:3])
+    write_state(state)
+    print(f"remote: run finished on the node: MLflow run {run['run_id']} exported, DVC outputs pushed to "
+          f"'{remote['name']}' ({remote['where']}); next: `snakemake -c1 collect`")
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def collect(config: dict) -> dict:
+    """Bring a finished remote run here: results and dvc.lock over SSH, the DVC outputs from the
+    remote they were pushed to (over SSH when the push failed), the MLflow run into this project's
+    store; then `dvc commit` and the state says it is collected."""
+    import object_store
+
     settings(config)
+    state = read_state()
+    record = state.get("remote_run")
+    if not record:
+        raise ChameleonError("remote: no finished remote run to collect; run `snakemake -c1 remote_run`")
     node = runner()
-    for rel in COLLECTED:
-        target = ROOT / rel
+    for rel in ("results", "dvc.lock"):
+        _fetch(node, rel)
+    if record.get("pushed"):
+        remote = state["dvc_remote"]["name"]
+        proc = subprocess.run(["dvc", "pull", "--remote", remote, "--force"], cwd=ROOT,
+                              capture_output=True, text=True, env={**os.environ, **object_store.CHECKSUMS})
+        if proc.returncode != 0:
+            from storage import last_line
+
+            raise ChameleonError(f"remote: dvc pull from '{remote}' failed ({last_line(proc)}); "
+                                 "nothing is marked collected, rerun `snakemake -c1 collect`")
+        how = f"pulled from the DVC remote '{remote}'"
+    else:
+        for rel in ("models", "data/raw", "data/prepared"):
+            _fetch(node, rel)
+        how = "copied over SSH (they were not pushed)"
+    ids = _import_run(config, record)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from stages import commit_complete_stages, date_in_pipeline_order
+
+    date_in_pipeline_order(ROOT)  # what came from the node is current here: nothing to redo
+    commit_complete_stages(ROOT)
+    record.update(collected=True, collected_at=_iso(time.time()), local_run_id=ids["run_id"], unsaved=[])
+    write_state(state)
+    metrics = json.loads((ROOT / "results" / "metrics.json").read_text())
+    print(f"remote: collected: results, dvc.lock, DVC outputs {how}; MLflow run {record['run_id']} is run "
+          f"{ids['run_id']} in {ids['tracking_uri']}; accuracy {metrics.get('accuracy')}")
+    return ids
+
+
+def _fetch(node: Runner, rel: str) -> None:
+    """Copy a file or folder from the node, replacing the local one only once it has arrived."""
+    target = ROOT / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        arrived = Path(tmp) / target.name
+        node.get(f"{PROJECT}/{rel}", arrived)
         if target.is_dir():
             shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        node.get(f"{PROJECT}/{rel}", target)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from stages import commit_complete_stages
+        arrived.replace(target)
 
-    commit_complete_stages(ROOT)
-    run = json.loads((ROOT / "results" / "run.json").read_text())
-    metrics = json.loads((ROOT / "results" / "metrics.json").read_text())
-    print(f"remote: collected results, models and dvc.lock; MLflow run {run['run_id']} "
-          f"({run['tracking_uri']}); accuracy {metrics.get('accuracy')}")
-    return run
+
+def _import_run(config: dict, record: dict) -> dict:
+    """The node's MLflow run in this project's store; a server outside the node already has it."""
+    import object_store
+    import run_copy
+
+    tracking = config["tracking"]
+    if tracking["mode"] == "server" and not object_store.node_local(tracking["server_uri"]):
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking["server_uri"]).get_run(record["run_id"])  # fails loudly if it is not there
+        return json.loads((ROOT / "results" / "run.json").read_text())
+    ids = run_copy.import_run(ROOT, ROOT / run_copy.EXPORT)
+    (ROOT / "results" / "run.json").write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n")
+    return ids
 
 
 def main(argv: list[str]) -> int:
-    from _step import load_config
+    from _step import load_config, log_to
 
     config = load_config()
     actions = {"configure": configure, "remote_run": remote_run, "collect": collect}
     if not argv or argv[0] not in actions:
         raise ChameleonError(f"remote: accepted actions: {', '.join(actions)}")
+    log_to(argv[0])  # the rule's log: (workflow/rules/provision.smk); the node's output included
     actions[argv[0]](config)
     return 0
 

@@ -1,8 +1,9 @@
 """What Snakemake and DVC must agree on about the stages' outputs.
 
 `stage_outputs` reads dvc.yaml (the one reader of it here); `refresh_directory_stamps` makes an
-edit inside a directory output visible to Snakemake; `mark_started`/`mark_unfinished` date the kept
-output of a step that failed or was killed as stale, so the next run redoes it;
+edit inside a directory output or input (reference/) visible to Snakemake;
+`mark_started`/`mark_unfinished` date the kept output of a step that failed or was killed as stale,
+so the next run redoes it;
 `commit_complete_stages` records what a Snakemake run produced in dvc.lock and the DVC cache, and
 retries at the next start when that failed.
 """
@@ -51,6 +52,62 @@ def refresh_directory_stamps(root: Path = ROOT) -> None:
         newest = max((p.stat().st_mtime for p in folder.rglob("*") if p.name != STAMP), default=0)
         if newest > marker.stat().st_mtime:
             os.utime(marker, (newest, newest))
+    # A source folder (reference/) edited without a newer mtime (`cp -p`, `rsync -a`, an archive)
+    # differs from what its stage last read: dated now, as DVC would see it by hash.
+    for name in source_directories(root):
+        record = root / SOURCES / name.replace("/", "%")
+        if record.exists() and record.read_text().strip() != content_hash(root / name):
+            os.utime(root / name)
+
+
+SOURCES = Path(".snakemake") / "reprostack" / "sources"
+
+
+def source_directories(root: Path = ROOT) -> list[str]:
+    """Folders a stage reads that no stage writes (reference/): Snakemake can only date them."""
+    deps = {path for _, names in stage_outputs(root / "dvc.yaml", ("deps",)) for path in names}
+    outs = {path for _, names in stage_outputs(root / "dvc.yaml") for path in names}
+    return sorted(name for name in deps - outs if (root / name).is_dir())
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over the relative paths and contents of the files in a (small) folder."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STAMP):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def record_sources(root: Path = ROOT) -> None:
+    """Called by the step that reads the source folders (verify), under either front end: the
+    content it read, which refresh_directory_stamps compares at the next Snakemake start."""
+    for name in source_directories(root):
+        record = root / SOURCES / name.replace("/", "%")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(content_hash(root / name) + "\n")
+
+
+def date_in_pipeline_order(root: Path = ROOT) -> None:
+    """Date every existing output a second after the previous stage's, in pipeline order.
+
+    For outputs that arrived from elsewhere (collected from a node), in whatever order the copies
+    happened: Snakemake would otherwise see an output older than its inputs and redo the work
+    that produced exactly these files. DVC decides by hash and is not affected.
+    """
+    import time
+
+    stages = stage_outputs(root / "dvc.yaml")
+    when = time.time() - len(stages)
+    for _, outs in stages:
+        when += 1
+        for name in outs:
+            path = root / name
+            if not path.exists():
+                continue
+            for item in [*path.rglob("*"), path] if path.is_dir() else [path]:
+                os.utime(item, (when, when))
 
 
 MARKS = Path(".snakemake") / "reprostack" / "unfinished"

@@ -193,27 +193,46 @@ SOURCES: dict[str, Callable[[dict[str, Any], Path], Pin]] = {
 }
 
 
-def load_table(raw: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """The one CSV table under data/raw as features, integer labels, feature names, class names."""
+def load_table(raw: Path, target: str, drop: tuple[str, ...] = ()
+               ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """The one CSV table under data/raw as features, integer labels, feature names, class names.
+
+    `drop` names columns that are neither features nor the label (prepare.split_column).
+    """
     tables = sorted(raw.rglob("*.csv"))
     if len(tables) != 1:
         raise DataError(f"data: expected one CSV table in {raw}, found {[t.name for t in tables]}")
-    with tables[0].open(newline="") as handle:
+    header, body = _read_csv(tables[0], target, "data.target")
+    x, labels, features = _columns(header, body, target, drop, tables[0].name)
+    classes = sorted(set(labels), key=_class_order)
+    index = {c: i for i, c in enumerate(classes)}
+    return x, np.array([index[v] for v in labels], dtype=np.int64), features, classes
+
+
+def _read_csv(path: Path, column: str, key: str) -> tuple[list[str], list[list[str]]]:
+    """Header and non-empty rows of a CSV table that must have `column` (named by config `key`)."""
+    with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
     header, body = rows[0], [r for r in rows[1:] if r]
-    if target not in header:
-        raise DataError(f"data.target: column '{target}' is not in {tables[0].name}; columns: {header}")
-    col = header.index(target)
-    labels = [row[col] for row in body]
-    classes = sorted(set(labels), key=lambda v: (not _is_number(v), float(v) if _is_number(v) else 0, v))
-    features = [name for i, name in enumerate(header) if i != col]
+    if column not in header:
+        raise DataError(f"{key}: column '{column}' is not in {path.name}; columns: {header}")
+    return header, body
+
+
+def _columns(header: list[str], body: list[list[str]], target: str, drop: tuple[str, ...], name: str
+             ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Features (float32), labels (as written) and feature names of a table's rows."""
+    skip = {header.index(target), *(header.index(c) for c in drop)}
+    features = [column for i, column in enumerate(header) if i not in skip]
     try:
-        x = np.array([[float(v) for i, v in enumerate(r) if i != col] for r in body], dtype=np.float32)
+        x = np.array([[float(v) for i, v in enumerate(r) if i not in skip] for r in body], dtype=np.float32)
     except ValueError as error:
-        raise DataError(f"data: a feature column of {tables[0].name} is not numeric: {error}") from None
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[v] for v in labels], dtype=np.int64)
-    return x, y, features, classes
+        raise DataError(f"data: a feature column of {name} is not numeric: {error}") from None
+    return x.reshape(len(body), len(features)), [row[header.index(target)] for row in body], features
+
+
+def _class_order(value: str) -> tuple[bool, float, str]:
+    return (not _is_number(value), float(value) if _is_number(value) else 0, value)
 
 
 def _is_number(value: str) -> bool:
@@ -224,22 +243,99 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def prepare(raw: Path, prepared: Path, config: dict[str, Any]) -> None:
-    """Seeded, stratified split written as .npy files (byte-for-byte reproducible, unlike .npz)."""
-    from sklearn.model_selection import train_test_split
+# The random split's settings where the config leaves them out (the config check refuses the
+# contradictions: stratify without shuffle, a fractional number of rows).
+SPLIT_DEFAULTS = {"shuffle": True, "stratify": True, "test_size": 0.25}
 
-    x, y, features, classes = load_table(raw, config["data"]["target"])
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=config["prepare"]["test_size"], random_state=config["seed"], stratify=y
-    )
+
+def split_settings(prepare: dict[str, Any]) -> dict[str, Any]:
+    """prepare.* as the split uses it: the random split's defaults filled in, a test file or split
+    column as written. MLflow records these (params prepare.*), and data/prepared/meta.json."""
+    if "test_file" in prepare or "split_column" in prepare:
+        return dict(prepare)
+    return {**SPLIT_DEFAULTS, **prepare}
+
+
+def prepare(raw: Path, prepared: Path, config: dict[str, Any], root: Path | None = None) -> None:
+    """Split data/raw into train and test .npy files (byte-for-byte reproducible, unlike .npz).
+
+    prepare.* chooses how (see split_settings): a seeded random split, stratified or not, of a
+    fraction or a number of rows; an unshuffled one (the first rows train, the last test); the rows
+    of a separate, sha256-pinned test table (`root`, the project, resolves its path); or a column
+    marking each row train or test.
+    """
+    settings = split_settings(config["prepare"])
+    target = config["data"]["target"]
+    column = settings.get("split_column")
+    x, y, features, classes = load_table(raw, target, (column,) if column else ())
+    record: dict[str, Any] = {"mode": "random", **settings}
+    if column:
+        x_train, x_test, y_train, y_test = _split_by_column(raw, column, x, y)
+        record["mode"] = "column"
+    elif "test_file" in settings:
+        x_train, y_train = x, y
+        x_test, y_test = _test_table(root or Path.cwd(), settings, target, features, classes)
+        record["mode"] = "file"
+    else:
+        x_train, x_test, y_train, y_test = _random_split(x, y, settings, config["seed"])
     if prepared.exists():
         shutil.rmtree(prepared)
     prepared.mkdir(parents=True)
     for name, array in (("x_train", x_train), ("x_test", x_test), ("y_train", y_train), ("y_test", y_test)):
         np.save(prepared / f"{name}.npy", array)
+    record.update(n_train=len(y_train), n_test=len(y_test))
     (prepared / "meta.json").write_text(
-        json.dumps({"features": features, "classes": classes}, indent=2) + "\n"
+        json.dumps({"features": features, "classes": classes, "split": record}, indent=2) + "\n"
     )
+
+
+def _random_split(x: np.ndarray, y: np.ndarray, settings: dict[str, Any], seed: int) -> list[np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    size = settings["test_size"]
+    size = int(size) if size >= 1 else size  # a number of rows, or a fraction
+    try:
+        return train_test_split(x, y, test_size=size, random_state=seed if settings["shuffle"] else None,
+                                shuffle=settings["shuffle"], stratify=y if settings["stratify"] else None)
+    except ValueError as error:
+        raise DataError(f"prepare.test_size: {settings['test_size']} cannot split {len(y)} rows"
+                        f"{' by class' if settings['stratify'] else ''}: {error}") from None
+
+
+def _split_by_column(raw: Path, column: str, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    (table,) = sorted(raw.rglob("*.csv"))
+    header, body = _read_csv(table, column, "prepare.split_column")
+    marks = np.array([row[header.index(column)].strip().lower() for row in body])
+    if set(marks) != {"train", "test"}:
+        raise DataError(f"prepare.split_column: column '{column}' of {table.name} must mark each row "
+                        f"train or test, with some of each; found: {', '.join(sorted(set(marks)))}")
+    train, test = marks == "train", marks == "test"
+    return [x[train], x[test], y[train], y[test]]
+
+
+def _test_table(root: Path, settings: dict[str, Any], target: str, features: list[str],
+                classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of prepare.test_file, refused unless its sha256 is prepare.test_sha256 and its
+    columns and labels are those of the training table."""
+    name = settings["test_file"]
+    path = root / name
+    if not path.is_file():
+        raise DataError(f"prepare.test_file: {name} is not a file in the project")
+    found = sha256_file(path)
+    if found != settings["test_sha256"]:
+        raise DataError(f"prepare.test_sha256: {name} has sha256 {found}, the config pins "
+                        f"{settings['test_sha256']}; refused (set test_sha256 if the new bytes are meant)")
+    header, body = _read_csv(path, target, "data.target")
+    x, labels, names = _columns(header, body, target, (), path.name)
+    if names != features:
+        raise DataError(f"prepare.test_file: the columns of {name} are {names}; the training "
+                        f"table's are {features}")
+    unknown = sorted(set(labels) - set(classes), key=_class_order)
+    if unknown:
+        raise DataError(f"prepare.test_file: labels {unknown} of {name} are not in the training "
+                        f"table (classes: {classes})")
+    index = {c: i for i, c in enumerate(classes)}
+    return x, np.array([index[v] for v in labels], dtype=np.int64)
 
 
 def load_split(prepared: Path, part: str) -> tuple[np.ndarray, np.ndarray]:

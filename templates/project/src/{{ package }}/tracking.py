@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from . import model, provenance
+from . import contract, data, model, provenance
 
 SECRET_KEYS = ("password", "secret", "token", "key")
 
@@ -181,6 +181,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def run_params(config: dict[str, Any]) -> dict[str, Any]:
+    """What the run used, as MLflow params: the sections the data, prepare, train and model steps
+    read (dvc.yaml's params), with the split's and the model's defaults for keys the config leaves
+    out. The config check refuses keys nobody reads, so nothing here is a setting the run ignored;
+    the rest of the config (storage, verify, chameleon) is the provenance/config.yaml artifact."""
+    return {"seed": config["seed"], "data": config["data"],
+            "prepare": data.split_settings(config["prepare"]), "train": config["train"],
+            "model": contract.params(model, config)}
+
+
 def _experiment(client: Any, root: Path, config: dict[str, Any]) -> str:
     """The experiment's id, created on first use. Two first runs at once race to create it: the
     loser gets RESOURCE_ALREADY_EXISTS and takes the winner's."""
@@ -297,6 +307,32 @@ def _model_id() -> str:
     return models[-1].model_id if models else mlflow.last_logged_model().model_id
 
 
+def _log_model(root: Path, run_id: str, fitted: Any, requirements: list[str],
+               example: np.ndarray) -> str:
+    """Log the model and return its id: with the model's MLflow flavor (model.log_to_mlflow), or,
+    for a model without one, as a logged model whose artifacts are the files save() wrote."""
+    import mlflow
+
+    if hasattr(model, "log_to_mlflow"):
+        model.log_to_mlflow(fitted, requirements, example)
+        return _model_id()
+    client = mlflow.MlflowClient()
+    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id,
+                                            tags={"model.flavor": "none", "model.file": model.FILENAME})
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for path in (root / "models").iterdir():
+                if path.is_file() and not path.name.startswith("."):
+                    shutil.copy2(path, Path(scratch) / path.name)
+            client.log_model_artifacts(logged.model_id, scratch)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
+    return logged.model_id
+
+
 def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Log one run and return its ids (written to results/run.json).
 
@@ -380,7 +416,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "provenance.seconds": f"{provenance_seconds:.3f}",
         **{f"version.{name}": version for name, version in versions.items()},
     }
-    params = flatten({k: v for k, v in config.items() if k != "tracking"})
+    params = flatten(run_params(config))
     params["tracking.mode"] = tracking["mode"]
     now = int(time.time() * 1000)
     series = [
@@ -395,6 +431,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     requirements = [f"{n}=={v}" for n, v in sorted(provenance.pins(root).items())
                     if n in ("torch", "scikit-learn", "numpy", "mlflow")]
     example = np.load(root / "data" / "prepared" / "x_test.npy")[:2]
+    contract.check(model)
     fitted = model.load(root / "models" / model.FILENAME)
     run_name = f"{launcher['front_end']}-{(git['commit'] or 'nogit')[:8]}"
 
@@ -418,12 +455,12 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
                 files = [folder / "git.diff", folder / "pip-freeze.txt", folder / "run.json",
                          results / "environment.json", results / "data.json", results / "image.json",
                          results / "metrics.json", results / "history.json",
-                         root / "models" / "training.json", root / "config" / "config.yaml",
+                         root / "models" / "training.json", root / "data" / "prepared" / "meta.json",
+                         root / "config" / "config.yaml",
                          root / "requirements.lock"]
                 repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=uri)
                 uploads = [pool.submit(repo.log_artifact, str(path), "provenance") for path in files]
-                model.log_to_mlflow(fitted, requirements, example)
-                model_id = _model_id()
+                model_id = _log_model(root, run_id, fitted, requirements, example)
                 client.log_batch(run_id, metrics=series + [
                     Metric(key, value, now, 0, model_id=model_id) for key, value in final
                 ])

@@ -10,30 +10,34 @@ from typing import Any
 
 import numpy as np
 
-from . import data, model, provenance
+from . import contract, data, model, provenance
 
 
 def seed_everything(seed: int) -> None:
     """Python, NumPy and the framework. Batches are drawn in-process (no loader workers to seed)."""
     random.seed(seed)
     np.random.seed(seed)
-    model.seed(seed)
+    if hasattr(model, "seed"):
+        model.seed(seed)
 
 
 def train(prepared: Path, models: Path, config: dict[str, Any]) -> list[dict[str, float]]:
+    """Fit the model on the training part; write it and models/training.json; return the per-epoch
+    history (empty for a model without epochs)."""
+    contract.check(model)
     provenance.check_lock()  # fail before training, not after hours of it
     seed_everything(config["seed"])
     x, y = data.load_split(prepared, "train")
-    fitted, history, runtime = model.fit(
-        x, y, len(data.classes(prepared)), config["train"], config["seed"]
-    )
+    fitted, history = model.fit(x, y, len(data.classes(prepared)), contract.params(model, config),
+                                config["seed"], config["train"])
     if models.exists():
         shutil.rmtree(models)
     models.mkdir(parents=True)
     model.save(fitted, models / model.FILENAME)
+    runtime = contract.runtime(model, config["train"])
     seed = config["seed"]
     # Data order comes from its own generator seeded with the same value; batches are drawn
     # in-process, so there are no loader workers to seed.
     runtime["seeds"] = {"python": seed, "numpy": seed, "framework": seed, "data_order": seed}
     (models / "training.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
-    return history
+    return list(history)

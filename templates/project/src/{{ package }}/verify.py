@@ -3,8 +3,15 @@
 The reference (reference/, committed by `snakemake -c1 publish`) holds the
 metrics, the per-epoch history, dvc.lock and a provenance summary. A run verifies when every
 metric is within its tolerance (exact by default; `verify.gpu_tolerance` applies when either run
-trained on a GPU). Whatever the outcome, the report says what differs: parameters, data hashes,
-code since the reference commit, packages and hardware.
+trained on a GPU) and, with `verify.strict` (the default), when its inputs are the reference's:
+the parameters the run used, the data (raw and prepared, by sha256) and the code (by sha256).
+Whatever the outcome, the report says what differs: parameters, data hashes, code, packages and
+hardware. Packages and hardware are reported, never failed on: the tolerances cover them.
+
+"Code" is the content of the files under CODE_PATHS that git would commit, not a commit id:
+publishing makes a commit of its own, and a reviewer's clone, a shallow clone or a copy without
+git history at the same code must verify. config/ is not code: its result-bearing values are
+the compared parameters, and the rest (tracking, storage, chameleon) does not change results.
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ from typing import Any
 from . import data, provenance
 
 REFERENCE = "reference"
-COMPARED_PARAMS = ("seed", "data", "prepare", "train")
-CODE_PATHS = ("src", "workflow", "config", "dvc.yaml", "requirements.lock", "requirements-torch-cpu.lock",
+CODE_PATHS = ("src", "workflow", "dvc.yaml", "requirements.lock", "requirements-torch-cpu.lock",
               "requirements-torch-cuda.lock")
+DATA = ("data/raw", "data/prepared")  # compared file by file, by sha256
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,16 +50,41 @@ def fingerprint(environment: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def code_manifest(root: Path) -> dict[str, str]:
+    """sha256 of every code file by path: the files under CODE_PATHS that git would commit
+    (tracked, or new and not ignored); outside a git repository, every file there but caches."""
+    proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                           *CODE_PATHS], cwd=root, capture_output=True, text=True)
+    if proc.returncode == 0:
+        names = sorted({name for name in proc.stdout.split("\0") if name})
+    else:
+        names = sorted(path.relative_to(root).as_posix() for name in CODE_PATHS
+                       for path in ([root / name] if (root / name).is_file() else (root / name).rglob("*"))
+                       if path.is_file() and "__pycache__" not in path.parts)
+    return {name: data.sha256_file(root / name) for name in names if (root / name).is_file()}
+
+
+def run_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the run used, by dotted key: what its MLflow run records (the seed, data,
+    prepare, train and model sections, with the defaults for keys the config leaves out)."""
+    from . import tracking
+
+    return _flat(tracking.run_params(config))
+
+
 def snapshot(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The provenance summary of the results in the working copy now."""
     environment = _read(root / "results" / "environment.json") or {}
     training = _read(root / "models" / "training.json") or {}
     git = provenance.git_state(root)
+    manifests = {name: data.manifest(root / name) if (root / name).exists() else {} for name in DATA}
     return {
         "commit": git["commit"],
         "dirty": git["dirty"],
-        "params": _flat({k: config[k] for k in COMPARED_PARAMS}),
-        "data": data.manifest(root / "data" / "raw") if (root / "data" / "raw").exists() else {},
+        "params": run_params(config),
+        "data": manifests["data/raw"],
+        "prepared": manifests["data/prepared"],
+        "code": code_manifest(root),
         "model": data.manifest(root / "models") if (root / "models").exists() else {},
         "environment_fingerprint": fingerprint(environment) if environment else None,
         "python": environment.get("python", {}).get("version"),
@@ -76,6 +108,39 @@ def publish(root: Path, config: dict[str, Any]) -> Path:
     return target
 
 
+def input_differences(root: Path, reference: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """One line per parameter, data file and code file that differs from the reference: what
+    `verify.strict` fails on. A reference published before data/prepared or code were recorded
+    is compared on what it has (its code by git diff from its commit)."""
+    lines = []
+    ref_params, params = reference["params"], now["params"]
+    for key in sorted(set(ref_params) | set(params)):
+        if ref_params.get(key) != params.get(key):
+            lines.append(f"parameter {key}: reference {ref_params.get(key)!r}, now {params.get(key)!r}")
+    for folder, field in zip(DATA, ("data", "prepared"), strict=True):
+        if field not in reference:
+            continue
+        for path in sorted(set(reference[field]) | set(now[field])):
+            if reference[field].get(path) != now[field].get(path):
+                lines.append(f"data {folder}/{path}: sha256 reference {reference[field].get(path)}, "
+                             f"now {now[field].get(path)}")
+    at = (f"reference commit {str(reference.get('commit'))[:12]}, now {str(now['commit'])[:12]}"
+          f"{', dirty' if now['dirty'] else ''}")
+    if "code" in reference:
+        ref_code, code = reference["code"], now["code"]
+        for path in sorted(set(ref_code) | set(code)):
+            if ref_code.get(path) != code.get(path):
+                what = ("new, not in the reference" if path not in ref_code else
+                        "removed since the reference" if path not in code else "changed since the reference")
+                lines.append(f"code {path}: {what} ({at})")
+        return lines
+    changed, note = _code_changes(root, reference.get("commit"))
+    lines += [f"code {path}: changed since the reference ({at})" for path in changed]
+    if note:
+        lines.append(f"code: {note}")
+    return lines
+
+
 def _code_changes(root: Path, commit: str | None) -> tuple[list[str], str | None]:
     if not commit:
         return [], "the reference has no commit"
@@ -85,6 +150,29 @@ def _code_changes(root: Path, commit: str | None) -> tuple[list[str], str | None
     if proc.returncode != 0:
         return [], f"reference commit {commit[:12]} is not in this clone"
     return [line for line in proc.stdout.splitlines() if line], None
+
+
+class ToleranceError(SystemExit):
+    """A tolerance names no metric: it would leave the metric it meant exact, silently."""
+
+
+def check_tolerance_names(config: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Every verify.tolerance / gpu_tolerance key is a metric of results/metrics.json; one line if not.
+
+    The schema cannot know the metrics (evaluate.py makes them), so a misspelt name is caught here.
+    """
+    import difflib
+
+    from .evaluate import METRICS
+
+    known = sorted(set(metrics) | set(METRICS))  # log_loss stays valid for a model without it
+    for section in ("tolerance", "gpu_tolerance"):
+        for name in sorted(set(config.get("verify", {}).get(section, {})) - set(known)):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = (f"did you mean verify.{section}.{close[0]}?" if close
+                    else f"accepted: {', '.join(known)}")
+            raise ToleranceError(f"config/config.yaml: verify.{section}.{name}: not a metric of this "
+                                 f"project (results/metrics.json); {hint}")
 
 
 def _tolerances(config: dict[str, Any], gpu: bool) -> dict[str, float]:
@@ -137,6 +225,8 @@ def compare(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     ref_dir = root / REFERENCE
     now = snapshot(root, config)
     metrics = _read(root / "results" / "metrics.json")
+    if metrics:
+        check_tolerance_names(config, metrics)
     problems = reference_problems(ref_dir)
     if problems is None or problems:
         return {"status": "no-reference" if problems is None else "invalid-reference", "metrics": [],
@@ -150,22 +240,8 @@ def compare(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         want, got, tol = expected.get(name), metrics.get(name), float(tolerances.get(name, 0.0))
         ok = want is not None and got is not None and abs(float(got) - float(want)) <= tol
         rows.append({"metric": name, "expected": want, "found": got, "tolerance": tol, "ok": ok})
-    differences = []
-    for key in sorted(set(reference["params"]) | set(now["params"])):
-        if reference["params"].get(key) != now["params"].get(key):
-            differences.append(f"parameter {key}: reference {reference['params'].get(key)!r}, "
-                               f"now {now['params'].get(key)!r}")
-    for path in sorted(set(reference["data"]) | set(now["data"])):
-        if reference["data"].get(path) != now["data"].get(path):
-            differences.append(f"data data/raw/{path}: sha256 reference {reference['data'].get(path)}, "
-                               f"now {now['data'].get(path)}")
-    changed, note = _code_changes(root, reference.get("commit"))
-    if changed:
-        differences.append(f"code: changed since reference commit {reference['commit'][:12]} "
-                           f"(now {str(now['commit'])[:12]}{', dirty' if now['dirty'] else ''}): "
-                           + ", ".join(changed))
-    elif note:
-        differences.append(f"code: {note}")
+    inputs = input_differences(root, reference, now)
+    differences = list(inputs)
     packages = {
         name: (reference["packages"].get(name), now["packages"].get(name))
         for name in sorted(set(reference["packages"]) | set(now["packages"]))
@@ -175,9 +251,12 @@ def compare(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         differences.append("packages: " + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in packages.items()))
     if reference["hardware"] != now["hardware"]:
         differences.append(f"hardware: reference {reference['hardware']}, now {now['hardware']}")
+    strict = bool(config.get("verify", {}).get("strict", True))
     return {
-        "status": "ok" if all(r["ok"] for r in rows) else "failed",
+        "status": "ok" if all(r["ok"] for r in rows) and not (strict and inputs) else "failed",
         "metrics": rows,
+        "strict": strict,
+        "input_differences": inputs,
         "differences": differences,
         "packages_differ": packages,
         "model_identical": reference["model"] == now["model"],
@@ -191,7 +270,8 @@ def compare(root: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot_curves(root: Path, path: Path) -> None:
-    """Training curves, reference (dashed) beside this run (solid)."""
+    """Training curves, reference (dashed) beside this run (solid); for a model trained without
+    epochs (an empty history on both sides), a figure that says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,14 +279,23 @@ def plot_curves(root: Path, path: Path) -> None:
 
     now = _read(root / "results" / "history.json") or []
     ref = _read(root / REFERENCE / "history.json") or []
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-        if ref:
-            ax.plot([r["epoch"] for r in ref], [r[key] for r in ref], "--", label="reference")
-        ax.plot([r["epoch"] for r in now], [r[key] for r in now], label="this run")
-        ax.set_xlabel("epoch")
-        ax.set_title(f"training {key}")
-        ax.legend()
+    keys = [k for k in ("loss", "accuracy") if any(k in r for r in now + ref)]
+    keys += sorted({k for r in now + ref for k in r} - {"epoch", *keys})
+    if not keys:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no training curves: this model trains without epochs", ha="center",
+                va="center")
+    else:
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            for rows, style, label in ((ref, "--", "reference"), (now, "-", "this run")):
+                rows = [r for r in rows if key in r]
+                if rows:
+                    ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], style, label=label)
+            ax.set_xlabel("epoch")
+            ax.set_title(f"training {key}")
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
@@ -244,6 +333,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| data/raw/{path} sha256 | {result['data']['reference'].get(path)} | "
                          f"{result['data']['now'].get(path)} |")
         lines += ["", "## What differs from the reference", ""]
+        if result["input_differences"]:
+            lines += [("`verify.strict` is on: a difference in parameters, data or code fails "
+                       "verification, whatever the metrics." if result["strict"] else
+                       "`verify.strict` is off: verified on the metrics alone."), ""]
         lines += [f"- {d}" for d in result["differences"]] or ["- nothing: same parameters, data, "
                                                                  "code, packages and hardware"]
     lines += ["", "## Training curves", "", "![training curves](curves.png)", ""]
