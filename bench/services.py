@@ -4,7 +4,8 @@
    the project generates (one worker, job execution off) beside MLflow's defaults, on the same
    PostgreSQL + S3 backend.
 2. DVC to the S3 endpoint: `dvc push` and `dvc pull` of 100 MB and 1 GB, against a plain boto3
-   upload and download of the same file in the same run (ratio = boto3 time / DVC time).
+   upload and download of the same file in the same run (ratio = boto3 time / DVC time), with the
+   remote's transfer settings that storage.py writes (before/after: bench/dvc_transfer.py).
 
 Usage: python bench/services.py [--sizes 100,1000]   (Markdown table; JSON in bench/results/)
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 import stack  # noqa: E402
+import storage  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ENV = {
@@ -119,6 +121,9 @@ def transfer(work: Path, s3_port: int, env: dict[str, str], size_mb: int) -> dic
         ["dvc", "init", "-q"],
         ["dvc", "remote", "add", "-d", "s3", f"s3://dvc/bench-{size_mb}"],
         ["dvc", "remote", "modify", "s3", "endpointurl", f"http://127.0.0.1:{s3_port}"],
+        # the transfer settings the pipeline writes (storage.py); bench/dvc_transfer.py compares
+        # them with DVC's defaults
+        *(["dvc", "remote", "modify", "s3", key, value] for key, value in storage.TRANSFER_SETTINGS.items()),
     ):
         subprocess.run(cmd, cwd=repo, env=run_env, check=True, capture_output=True)
     data = repo / "blob.bin"

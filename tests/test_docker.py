@@ -108,7 +108,10 @@ def test_every_option_combination_renders_a_valid_project(tmp_path: Path) -> Non
         assert ("-r requirements-torch-cpu.lock" in dockerfile) == (
             framework == "pytorch" and node_type.startswith(("compute", "m1")))
         for command in re.findall(r"pip install [^&\n]*", dockerfile.replace("\\\n", " ")):
-            assert "--require-hashes" in command or "whl/rocm" in command, command  # ROCm: no lock yet
+            # Locked with hashes; except ROCm (no lock yet) and the project itself (its own source,
+            # nothing downloaded: --no-deps without build isolation).
+            own = "--no-deps" in command and "--no-build-isolation" in command and command.endswith("-e .")
+            assert "--require-hashes" in command or "whl/rocm" in command or own, command
         assert ("whl/rocm" in dockerfile) == (framework == "pytorch" and node_type == "gpu_mi100")
         cpu_node = node_type.startswith(("compute", "m1"))
         assert ("whl/cpu" in dockerfile) == (framework == "pytorch" and cpu_node)

@@ -65,9 +65,28 @@ def _section(name: str) -> str:
     return f'remote "{name}"'
 
 
+# How DVC moves one large file to or from S3 (dvc 3.67, dvc-objects 5.2, dvc-s3 3.3, s3fs 2026.9;
+# measured by bench/dvc_transfer.py, figures in README.md "Benchmarks"). `dvc push` hands s3fs a
+# path, not a file object: dvc_objects/fs/generic.py `_put` (l. 135-160) calls
+# `to_fs.put_file(path, ..., max_concurrency=jobs)` for a single file (l. 146), and `_get`
+# (l. 200-215) does the same for `dvc pull`. s3fs then uploads the parts of a multipart upload
+# (50 MiB each: s3fs/core.py `calculate_chunksize`, l. 247) `max_concurrency` at a time
+# (`_upload_file_part_concurrent`, l. 1546-1590) and downloads ranges of `default_block_size`
+# (50 MiB, l. 1666) the same way. `jobs` is the remote's own option (dvc/config_schema.py
+# REMOTE_COMMON, l. 122-125); unset, it is 4 x CPU count (dvc_objects/fs/base.py l. 67, 81). With
+# several files, `jobs` is the number of files moved at once and each file goes in one stream
+# (generic.py l. 146). The AWS config file's `s3` transfer keys (max_concurrent_requests,
+# multipart_chunksize) do nothing here: dvc-s3 3.3 reads them into `_transfer_config`
+# (dvc_s3/__init__.py l. 126) and never uses it, and no DVC option sets the part size.
+# Empty: DVC's defaults, until bench/dvc_transfer.py (--try jobs=N) shows a value that is faster
+# at 100 MB and 1 GB. A fixed `jobs` also caps many-file pushes (4 x CPU count by default).
+TRANSFER_SETTINGS: dict[str, str] = {}
+
+
 def shared_settings(storage: dict[str, Any]) -> dict[str, str]:
-    """The S3 remote for storage.mode s3 and for publishing."""
-    return {"url": f"s3://{storage['bucket']}/dvc", "endpointurl": storage["endpoint"]}
+    """The S3 remote for storage.mode s3 and for publishing (with TRANSFER_SETTINGS)."""
+    return {"url": f"s3://{storage['bucket']}/dvc", "endpointurl": storage["endpoint"],
+            **TRANSFER_SETTINGS}
 
 
 def _ensure(root: Path, name: str, settings: dict[str, str], local: bool) -> None:
