@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +20,14 @@ import pytest
 import yaml
 from conftest import Project
 from fake_chameleon import FakeChameleon
-from loopback import free_port, wait_for
+from loopback import free_port
 from test_chameleon import on_fake, state
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+import stack  # noqa: E402
+
 EC2 = ("ec2-access-7f3a", "ec2-secret-Zq81x")
 DOCKER_STUB = """#!/usr/bin/env bash
 echo "docker $*" >> "$HOME/../docker-calls.log"
@@ -41,20 +42,16 @@ done
 
 
 @contextmanager
-def object_store(data: Path) -> Iterator[str]:
-    """The stack's authenticated S3 server, accepting only the EC2 keys the fake Keystone hands out."""
+def object_store(state: Path) -> Iterator[str]:
+    """The stack's authenticated S3 server (stack.start_s3), accepting only the EC2 keys the fake
+    Keystone hands out; no bucket yet (configure makes it)."""
     port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": EC2[0], "AWS_SECRET_ACCESS_KEY": EC2[1]}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "workflow" / "scripts" / "s3_server.py"),
-                             "--port", str(port), "--data", str(data)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    state.mkdir()
+    started = stack.start_s3(state, port, {"AWS_ACCESS_KEY_ID": EC2[0], "AWS_SECRET_ACCESS_KEY": EC2[1]}, [])
     try:
-        wait_for(f"{endpoint}/_stack/health")
-        yield endpoint
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stack._kill_group(started["pid"])
 
 
 @pytest.fixture(scope="module")

@@ -165,9 +165,7 @@ def _outliving_remote(config: dict, cham: dict, node: Runner) -> dict[str, str]:
     if object_store.ensure_bucket(endpoint, bucket, keys):
         print(f"remote: created bucket '{bucket}' in {cham['site']}'s object store ({endpoint})")
     settings = object_store.remote_settings(endpoint, bucket, keys)
-    secret_file = ROOT / ".dvc" / "config.local"  # holds the keys: 600 before they are written
-    os.close(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    secret_file.chmod(0o600)
+    storage.make_private_config(ROOT)
     storage._ensure(ROOT, object_store.CHAMELEON, settings, local=True)
     with tempfile.TemporaryDirectory() as tmp:
         node_file = Path(tmp) / "config.local"
@@ -200,10 +198,10 @@ def remote_run(config: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         node.get(f"{PROJECT}/results/run.json", Path(tmp) / "run.json")
         run = json.loads((Path(tmp) / "run.json").read_text())
+    on_node_only = [f"MLflow run {run['run_id']}", "results/", "dvc.lock"]
     record = {"commit": _git("rev-parse", "HEAD"), "run_id": run["run_id"], "collected": False,
               "started_at": _iso(started), "finished_at": _iso(time.time()), "pushed": False,
-              "unsaved": [f"MLflow run {run['run_id']}", "results/", "dvc.lock",
-                          "models, data/raw, data/prepared (not pushed)"]}
+              "unsaved": [*on_node_only, "models, data/raw, data/prepared (not pushed)"]}
     state["remote_run"] = record
     write_state(state)  # from here on, teardown refuses until collect brings everything back
     if not remote["name"]:
@@ -216,7 +214,7 @@ def remote_run(config: dict) -> None:
     except ChameleonError as error:
         raise ChameleonError(f"{error}; the outputs stay on the node only: `snakemake -c1 collect` copies "
                              "them over SSH instead") from None
-    record.update(pushed=True, unsaved=record["unsaved"][:3])
+    record.update(pushed=True, unsaved=on_node_only)
     write_state(state)
     print(f"remote: run finished on the node: MLflow run {run['run_id']} exported, DVC outputs pushed to "
           f"'{remote['name']}' ({remote['where']}); next: `snakemake -c1 collect`")
@@ -284,6 +282,7 @@ def _import_run(config: dict, record: dict) -> dict:
     """The node's MLflow run in this project's store; a server outside the node already has it."""
     import object_store
     import run_copy
+    from _step import write_json
 
     tracking = config["tracking"]
     if tracking["mode"] == "server" and not object_store.node_local(tracking["server_uri"]):
@@ -292,7 +291,7 @@ def _import_run(config: dict, record: dict) -> dict:
         MlflowClient(tracking["server_uri"]).get_run(record["run_id"])  # fails loudly if it is not there
         return json.loads((ROOT / "results" / "run.json").read_text())
     ids = run_copy.import_run(ROOT, ROOT / run_copy.EXPORT)
-    (ROOT / "results" / "run.json").write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n")
+    write_json("results/run.json", ids)
     return ids
 
 

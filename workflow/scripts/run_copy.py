@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from _step import ROOT, project
+from _step import ROOT, project, write_json
 
 EXPORT = Path("results") / "mlflow-export"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per folder buries the lines
@@ -50,10 +50,7 @@ def export_run(root: Path = ROOT) -> dict[str, Any]:
     run_id = json.loads((root / "results" / "run.json").read_text())["run_id"]
     run = client.get_run(run_id)
     folder = root / EXPORT
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
+    shutil.rmtree(folder, ignore_errors=True)
     (folder / "artifacts").mkdir(parents=True)
     client.download_artifacts(run_id, "", str(folder / "artifacts"))
     metrics = [
@@ -167,10 +164,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["export"]:
         export_run()
     elif argv[:1] == ["import"]:
-        result = import_run()
-        with tempfile.NamedTemporaryFile("w", dir=ROOT / "results", delete=False, suffix=".tmp") as out:
-            out.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        Path(out.name).replace(ROOT / "results" / "run.json")
+        write_json("results/run.json", import_run())
     else:
         raise SystemExit("run_copy: accepted actions: export, import")
     return 0

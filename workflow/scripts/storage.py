@@ -102,6 +102,14 @@ def _ensure(root: Path, name: str, settings: dict[str, str], local: bool) -> Non
             _dvc("remote", "modify", *flag, name, key, value, root=root)
 
 
+def make_private_config(root: Path = ROOT) -> Path:
+    """.dvc/config.local, mode 600 before the first key is written to it (DVC keeps the mode)."""
+    secret_file = root / ".dvc" / "config.local"
+    os.close(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    secret_file.chmod(0o600)
+    return secret_file
+
+
 def sync_remote(root: Path = ROOT, storage: dict[str, Any] | None = None) -> str | None:
     """Make this machine's default remote follow storage.mode (only .dvc/config.local is written).
 
@@ -117,10 +125,7 @@ def sync_remote(root: Path = ROOT, storage: dict[str, Any] | None = None) -> str
         keys = {"access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
                 "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY")}
         if all(keys.values()):
-            # It will hold the S3 secret: mode 600 before the first key is written (DVC keeps it).
-            secret_file = root / ".dvc" / "config.local"
-            os.close(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-            secret_file.chmod(0o600)
+            make_private_config(root)
             _ensure(root, SHARED, {**shared_settings(storage), **keys}, local=True)
             name = SHARED
         elif chosen == SHARED:
