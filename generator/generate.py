@@ -137,9 +137,19 @@ def _irreplaceable(dst: Path) -> str | None:
         return "the current folder or one above it"
     if os.path.ismount(dst):
         return "a mount point"
-    if dst == template or dst in template.parents or template in dst.parents:
+    if dst == template or dst in template.parents:
         return "the reprostack template or a folder holding it"
+    if template in dst.parents and not _ignored(template, dst):
+        return "inside the reprostack template (only its git-ignored folders, such as build/, are replaced)"
     return None
+
+
+def _ignored(checkout: Path, path: Path) -> bool:
+    """Whether git ignores `path` in `checkout`: scratch space (build/), never the template's own files.
+    A template that is not a git checkout (an installed package) has none."""
+    proc = subprocess.run(["git", "-C", str(checkout), "check-ignore", "-q", str(path)],
+                          capture_output=True, check=False)
+    return proc.returncode == 0
 
 
 def _check_writable(folder: Path, field: str, target: Path) -> None:

@@ -22,6 +22,7 @@ or standalone: ``python fake_chameleon.py --port 8999``.
 
 Knobs (attributes, safe to change while running):
     capacity            dict node_type -> number of hosts (unknown type -> 0)
+    busy                dict node_type -> hosts reserved by other projects (listed, not reservable)
     flavor_capacity     dict flavor name -> instances reservable (KVM "flavor:instance" leases)
     fip_capacity        number of reservable floating IPs
     lease_final_status  "ACTIVE" (default), "ERROR", or None (never leaves PENDING)
@@ -42,6 +43,11 @@ Inspection: leases(), servers(), floating_ips(), ports(), keypairs(), security_g
 Outside the tool (as a user in Horizon, or the site itself): end_lease(id) (its end date passes:
     TERMINATED, its servers, reserved IPs and flavor go), delete_lease(id), delete_server(id),
     set_lease(id, status=, start=, end=).
+
+Several nodes: a host reservation of `min` N takes N servers (each launched on its own, with the
+reservation as scheduler hint), and a flavor reservation of `amount` N takes N instances on its
+flavor; one more lands in ERROR ("No valid host"), as Nova's scheduler does. Each server gets a port
+on sharednet1 with its own fixed address (10.140.x.y), reported in its `addresses` as "fixed".
 
 Lease updates (PUT /leases/<id>) follow Blazar: end_date (what blazarclient sends, having computed
 it from --prolong-for) or prolong_for; refused unless the lease is PENDING, ACTIVE or ERROR (Blazar's
@@ -230,6 +236,7 @@ class FakeChameleon:
         """Forget every resource and request; restore default knobs."""
         with self.lock:
             self.capacity = dict(self.default_capacity)
+            self.busy = {}
             self.fip_capacity = self.default_fip_capacity
             self.flavor_capacity = dict(self.default_flavor_capacity)
             self.lease_final_status = "ACTIVE"
@@ -783,6 +790,7 @@ class FakeChameleon:
                     raise _blazar_err(400, "Invalid values for min/max of hosts.")
                 ntype = self._node_type(req.get("resource_properties"))
                 cap = self.capacity.get(ntype, 0) if ntype else sum(self.capacity.values())
+                cap -= self.busy.get(ntype, 0) if ntype else sum(self.busy.values())
                 used = self._used(
                     lambda x: (
                         x["resource_type"] == "physical:host"

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -54,6 +55,13 @@ def _serve(server: http.server.ThreadingHTTPServer) -> Iterator[None]:
 def https_files(root: Path, cert: Path, key: Path) -> Iterator[str]:
     """Serve `root` over HTTPS on 127.0.0.1; yields the base URL."""
     handler = lambda *a, **k: _Quiet(*a, directory=str(root), **k)  # noqa: E731
+    with https_server(handler, cert, key) as url:
+        yield url
+
+
+@contextmanager
+def https_server(handler: Any, cert: Path, key: Path) -> Iterator[str]:
+    """Serve `handler` (an http.server handler class) over HTTPS on 127.0.0.1; yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

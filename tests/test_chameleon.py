@@ -149,11 +149,11 @@ def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> 
     first = project.run("snakemake", "-c1", "provision")
     assert "chameleon: ready: ssh cc@" in first.stdout
     created = state(project)
-    assert set(created) >= {"lease_id", "server_id", "floating_ip", "site"}
+    assert set(created) >= {"lease_id", "servers", "floating_ip", "site"}
     name = created["lease_name"]
     for change in ("PENDING", "PENDING -> STARTING", "STARTING -> ACTIVE"):  # each with its elapsed time
         assert re.search(rf"^chameleon: lease {name}: {change} \(\d+ s\)$", first.stdout, re.M), first.stdout
-    server_line = rf"^chameleon: server {created['server_id']}: (BUILD -> )?ACTIVE \(\d+ s\)$"
+    server_line = rf"^chameleon: server {created['servers'][0]['id']}: (BUILD -> )?ACTIVE \(\d+ s\)$"
     assert re.search(server_line, first.stdout, re.M)
 
     cham = project.config["chameleon"]
@@ -173,7 +173,7 @@ def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> 
     flavor = server_body["server"]["flavorRef"]
     assert fake.flavors.get(flavor, {}).get("name", flavor) == "baremetal"
     assert [lease["id"] for lease in fake.leases()] == [created["lease_id"]]
-    assert [server["id"] for server in fake.servers()] == [created["server_id"]]
+    assert [server["id"] for server in fake.servers()] == [created["servers"][0]["id"]]
     assert [s["image_name"] if "image_name" in s else s.get("image", {}).get("id") for s in fake.servers()]
     assert project.run("git", "check-ignore", ".chameleon/state.json").returncode == 0
 
@@ -184,7 +184,7 @@ def test_lifecycle_rerun_and_teardown(project: Project, fake: FakeChameleon) -> 
 
     down = project.run("snakemake", "-c1", "teardown")
     for what in (
-        f"deleted server {created['server_id']}",
+        f"deleted server {created['servers'][0]['id']}",
         f"released floating IP {created['floating_ip']}",
         f"deleted lease {created['lease_name']} ({created['lease_id']})",
     ):
@@ -219,7 +219,7 @@ def test_teardown_deletes_only_what_the_state_names(project: Project, fake: Fake
 
 
 def test_no_capacity_is_named(project: Project, fake: FakeChameleon) -> None:
-    project.set_config("chameleon.count", 2)
+    fake.busy = {"gpu_rtx_6000": 1}  # the site's one such node is another project's
     failed = project.run("snakemake", "-c1", "provision", check=False)
     assert failed.returncode != 0
     assert "no capacity" in failed.stderr and "gpu_rtx_6000" in failed.stderr and "CHI@UC" in failed.stderr
@@ -287,7 +287,7 @@ def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_
 
     kvm_project.run("snakemake", "-c1", "provision")
     created = state(kvm_project)
-    assert set(created) >= {"lease_id", "server_id", "security_group_id", "floating_ip"}
+    assert set(created) >= {"lease_id", "servers", "security_group_id", "floating_ip"}
     [lease] = kvm_fake.leases()
     [reservation] = lease["reservations"]
     [public] = [f for f in kvm_fake.flavors_named("m1.large") if f["name"] == "m1.large"]
@@ -326,7 +326,8 @@ def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_
     assert len(kvm_fake.servers()) == 1 and state(kvm_project) == created
 
     down = kvm_project.run("snakemake", "-c1", "teardown")
-    for what in (f"deleted server {created['server_id']}", f"released floating IP {created['floating_ip']}",
+    server_id = created["servers"][0]["id"]
+    for what in (f"deleted server {server_id}", f"released floating IP {created['floating_ip']}",
                  f"deleted security group {created['security_group_id']}",
                  f"deleted lease {created['lease_name']} ({created['lease_id']})"):
         assert what in down.stdout
@@ -335,14 +336,13 @@ def test_kvm_flavor_lease_security_group_and_teardown(kvm_project: Project, kvm_
 
 
 def test_kvm_capacity_and_missing_flavor_are_named(kvm_project: Project, kvm_fake: FakeChameleon) -> None:
-    kvm_project.set_config("chameleon.count", 5)
+    kvm_fake.flavor_capacity["m1.large"] = 0  # every such instance is reserved
     failed = kvm_project.run("snakemake", "-c1", "provision", check=False)
     assert failed.returncode != 0
     expected = "no capacity: Chameleon has not enough free instances of flavor m1.large at KVM@TACC"
     assert expected in failed.stderr
     assert kvm_fake.leases() == [] and kvm_fake.security_groups() == []
 
-    kvm_project.set_config("chameleon.count", 1)
     kvm_project.set_config("chameleon.node_type", "g1.h100.pci.1")
     with kvm_fake.lock:  # this site no longer offers the GPU flavor
         for fid in [f["id"] for f in kvm_fake.flavors_named("g1.")]:

@@ -94,6 +94,13 @@ def provisioned(project: Project) -> dict:
     return state(project)
 
 
+def replaced(created: dict, server: dict, fake: FakeChameleon) -> dict:
+    """The state's entry for a server launched in place of the first: its name, its own address."""
+    [port] = [p for p in fake.ports() if p["device_id"] == server["id"]]
+    return {"id": server["id"], "name": created["servers"][0]["name"],
+            "private_address": port["fixed_ips"][0]["ip_address"]}
+
+
 def ref(created: dict) -> str:
     return f"lease {created['lease_name']} ({created['lease_id']})"
 
@@ -146,7 +153,7 @@ def test_ended_or_broken_lease_stops_provision_at_once(project: Project, fake: F
 
     down = cham(project, "teardown")
     assert down.returncode == 0, down.stderr
-    assert f"server {created['server_id']} was already gone" in down.stdout
+    assert f"server {created['servers'][0]['id']} was already gone" in down.stdout
     assert f"deleted {ref(created)}" in down.stdout
     assert fake.is_empty() and state(project) == {}
 
@@ -216,16 +223,18 @@ def test_pending_lease_is_said_with_its_start(project: Project, fake: FakeChamel
 @pytest.mark.slow
 def test_server_deleted_outside_is_replaced_with_its_ip(project: Project, fake: FakeChameleon) -> None:
     created = provisioned(project)
-    fake.delete_server(created["server_id"])
+    fake.delete_server(created["servers"][0]["id"])
     again = cham(project, "provision")
     assert again.returncode == 0, again.stderr
     [lease] = fake.leases()
-    said = (f"chameleon: server {created['server_id']} was deleted outside reprostack; {ref(created)} is "
+    gone = created["servers"][0]["id"]
+    said = (f"chameleon: server {gone} was deleted outside reprostack; {ref(created)} is "
             f"still ACTIVE (until {utc(lease['end_date'])}): launching a new server on it")
     assert said in again.stdout.splitlines()
     [server] = fake.servers()
     now = state(project)
-    assert now == {**created, "server_id": server["id"]} and server["id"] != created["server_id"]
+    assert now == {**created, "servers": [replaced(created, server, fake)]}
+    assert server["id"] != created["servers"][0]["id"]
     [fip] = fake.floating_ips()
     assert fip["floating_ip_address"] == created["floating_ip"]
     [port] = [p for p in fake.ports() if p["id"] == fip["port_id"]]
@@ -238,7 +247,7 @@ def test_server_deleted_outside_is_replaced_with_its_ip(project: Project, fake: 
 def test_server_in_error_is_one_line(project: Project, fake: FakeChameleon) -> None:
     fake.server_final_status = "ERROR"
     failed = cham(project, "provision")
-    sid = state(project)["server_id"]
+    sid = state(project)["servers"][0]["id"]
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert failed.stderr.startswith(f"chameleon: server {sid} is in ERROR (No valid host was found. ); "
                                     "it will not be reused")
@@ -265,7 +274,7 @@ def test_teardown_asks_only_the_site_the_state_names(project: Project, fake: Fak
     assert (project.path / ".chameleon" / "state.json").read_bytes() == before
     assert deletes(fake) == []
     assert [lease["id"] for lease in fake.leases()] == [created["lease_id"]]
-    assert [server["id"] for server in fake.servers()] == [created["server_id"]]
+    assert [server["id"] for server in fake.servers()] == [created["servers"][0]["id"]]
     assert cham(project, "teardown").returncode == 0 and fake.is_empty()
 
 
@@ -275,16 +284,16 @@ def test_teardown_failing_midway_keeps_what_remains(project: Project, fake: Fake
     project.set_config("chameleon.server_timeout_minutes", 0.01)
     fake.fail_deletes = {"server"}  # the node is not cleaned: the server sits in ERROR
     line = one_line(cham(project, "teardown"))
-    assert line.startswith(f"chameleon: server {created['server_id']} (being deleted) was still ERROR "
+    assert line.startswith(f"chameleon: server {created['servers'][0]['id']} (being deleted) was still ERROR "
                            "after waiting 1 s (want GONE); still held at CHI@UC: ")
-    assert line.endswith(f"{ref(created)}, server {created['server_id']}, floating IP "
+    assert line.endswith(f"{ref(created)}, server {created['servers'][0]['id']}, floating IP "
                          f"{created['floating_ip']} (kept in .chameleon/state.json); "
                          "run `snakemake -c1 teardown` again to finish")
     assert state(project) == created and len(fake.leases()) == 1
 
     fake.fail_deletes = {"lease"}
     with fake.lock:
-        fake._servers[created["server_id"]]["status"] = "ACTIVE"
+        fake._servers[created["servers"][0]["id"]]["status"] = "ACTIVE"
     line = one_line(cham(project, "teardown"))
     assert line.startswith(f"chameleon: could not delete {ref(created)}: ")
     assert line.endswith(f"; still held at CHI@UC: {ref(created)} (kept in .chameleon/state.json); "
@@ -430,7 +439,7 @@ def test_fake_blazar_updates_leases_as_blazar_does(project: Project, fake: FakeC
 def test_plan_names_the_lease(project: Project, fake: FakeChameleon) -> None:
     created = provisioned(project)
     plan = cham(project, "plan").stdout
-    assert f"reuse .chameleon/state.json ({ref(created)}, server {created['server_id']})" in plan
+    assert f"reuse .chameleon/state.json ({ref(created)}, server {created['servers'][0]['id']})" in plan
     assert "extend:    +4 h with `snakemake -c1 extend`, in the last 48 h of the lease" in plan
 
 
@@ -447,13 +456,14 @@ def test_kvm_server_deleted_outside_gets_group_and_ip_back(
     kvm_fake.add_keypair(KEY)
     project = made(tmp_path_factory.mktemp("kvm"), kvm_fake, "chameleon_site=KVM@TACC", "node_type=m1.large")
     created = provisioned(project)
-    kvm_fake.delete_server(created["server_id"])
+    kvm_fake.delete_server(created["servers"][0]["id"])
     again = cham(project, "provision")
     assert again.returncode == 0, again.stderr
-    assert f"server {created['server_id']} was deleted outside reprostack; {ref(created)} is still ACTIVE" \
+    gone = created["servers"][0]["id"]
+    assert f"server {gone} was deleted outside reprostack; {ref(created)} is still ACTIVE" \
         in again.stdout
     [server] = kvm_fake.servers()
-    assert state(project) == {**created, "server_id": server["id"]}
+    assert state(project) == {**created, "servers": [replaced(created, server, kvm_fake)]}
     [lease] = kvm_fake.leases()
     [reservation] = lease["reservations"]
     assert server["flavor"]["original_name"] == f"reservation:{reservation['id']}", "on the lease's flavor"

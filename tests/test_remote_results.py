@@ -134,7 +134,7 @@ def test_a_node_run_is_pushed_copied_home_and_guards_teardown(
         assert refused.returncode != 0
         assert f"MLflow run {node_run['run_id']}" in refused.stdout + refused.stderr
         assert "snakemake -c1 collect" in refused.stdout + refused.stderr
-        assert not fake.is_empty() and state(project)["server_id"]
+        assert not fake.is_empty() and state(project)["servers"][0]["id"]
 
         collected = remote.run("snakemake", "-c1", "collect")
         assert "pulled from the DVC remote 'chameleon'" in collected.stdout

@@ -210,3 +210,25 @@ def test_check_pipeline_names_the_stage_that_disagrees(tmp_path: Path, env: dict
     assert "stage 'prepare': deps differ" in extra_dep.stderr and "extra.csv" in extra_dep.stderr
     params = with_change(lambda s: s["train"]["params"][0]["config/config.yaml"].remove("seed"))
     assert "stage 'train': params differ" in params.stderr
+
+
+def test_force_replaces_scratch_inside_a_checkout_but_never_the_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo` twice: --force may replace build/example inside the template checkout (git
+    ignores it), never the template's own folders, the checkout, or a folder holding it."""
+    import importlib
+
+    gen = importlib.import_module("reprostack.generate")
+    checkout = tmp_path / "checkout"
+    (checkout / "templates" / "project").mkdir(parents=True)
+    (checkout / "build" / "example").mkdir(parents=True)
+    (checkout / ".gitignore").write_text("/build/\n")
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    monkeypatch.setattr(gen, "template_root", lambda: checkout)
+    monkeypatch.chdir("/")
+    assert gen._irreplaceable((checkout / "build" / "example").resolve()) is None
+    inside = gen._irreplaceable((checkout / "templates" / "project").resolve())
+    assert inside is not None and "inside the reprostack template" in inside
+    assert "holding it" in gen._irreplaceable(checkout.resolve())
+    assert "holding it" in gen._irreplaceable(tmp_path.resolve())

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the tests and the demo need (Debian), installed only when missing:
 # git (projects, the git data source), openssl (the loopback HTTPS server in tests),
-# PostgreSQL's server binaries (the service stack without Docker), npm (the Compose schema);
-# then Docker Compose v2 (below).
+# PostgreSQL's server binaries (the service stack without Docker), npm (the Compose schema),
+# SLURM and munge (tests/test_slurm.py starts a one-node cluster on loopback: slurmctld, slurmd,
+# sbatch/squeue/srun, munged); then Docker Compose v2 (below).
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 need=()
@@ -10,6 +11,10 @@ command -v git >/dev/null || need+=(git)
 command -v openssl >/dev/null || need+=(openssl)
 command -v npm >/dev/null || need+=(npm)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/sbin/slurmctld ] || need+=(slurmctld)  # daemons: in sbin, off a user's PATH
+[ -x /usr/sbin/slurmd ] || need+=(slurmd)
+[ -x /usr/sbin/munged ] || need+=(munge)
+command -v sbatch >/dev/null || need+=(slurm-client)
 if ((${#need[@]})); then
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi

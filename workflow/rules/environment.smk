@@ -9,6 +9,8 @@ rule environment:
         "results/environment.json",
     log:
         "logs/environment.log",  # written by the step (see _step.log_step)
+    resources:
+        **job_resources(config, "environment"),  # what its SLURM job asks for (config: cluster)
     shell:
         "python workflow/scripts/environment.py"
 
@@ -23,5 +25,7 @@ rule image:
         "results/image.json",
     log:
         "logs/image.log",
+    resources:
+        **job_resources(config, "image"),  # what its SLURM job asks for (config: cluster)
     shell:
         "python workflow/scripts/image.py"

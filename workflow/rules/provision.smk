@@ -5,7 +5,8 @@
 #   snakemake -c1 check_site      the credentials, key pair, image, node type and duration, checked
 #                                 at the site as provision does before reserving; reserves nothing
 #   snakemake -c1 provision -n    Snakemake's dry run: nothing is contacted
-#   snakemake -c1 provision       lease + server + floating IP, waits for SSH; a rerun reuses them
+#   snakemake -c1 provision       lease + chameleon.count servers + one floating IP (the first node's;
+#                                 the others are reached through it), waits for SSH; a rerun reuses them
 #   snakemake -c1 teardown        deletes exactly what the state file names; safe to run twice.
 #                                 Refuses while a run that finished on the node is not collected
 #   snakemake -c1 teardown_force  ... releases the node anyway (what was not collected is lost)
@@ -64,7 +65,8 @@ rule extend:
 rule configure:
     log:
         "logs/configure.log",
-    # Over SSH: Docker and the GPU runtime, the repository at this commit, .env, the service stack.
+    # Over SSH, on every node: Docker and the GPU runtime, the repository at this commit, .env, the
+    # service stack; on several nodes, each one's firewall trusts the others.
     localrule: True
     shell:
         "python workflow/scripts/remote.py configure"
@@ -73,8 +75,10 @@ rule configure:
 rule remote_run:
     log:
         "logs/remote_run.log",
-    # The pipeline on the node, inside the training container; output streams back. Then the MLflow
-    # run is exported and the DVC outputs pushed off the node (the site's object store by default).
+    # The pipeline on the node, inside the training container; output streams back. On several
+    # nodes the others start first (prepare, then launch.py joins torchrun at the first node's
+    # private address), each with its own log. Then the MLflow run is exported and the DVC outputs
+    # pushed off the node (the site's object store by default).
     localrule: True
     shell:
         "python workflow/scripts/remote.py remote_run"
@@ -84,7 +88,8 @@ rule collect:
     log:
         "logs/collect.log",
     # Results, dvc.lock, the DVC outputs (pulled from where remote_run pushed them) and the MLflow
-    # run (copied into this project's store), back from the node; then `dvc commit` here.
+    # run (copied into this project's store), back from the first node; then `dvc commit` here.
+    # The other nodes' logs come back as logs/nodes/<name>.log.
     localrule: True
     shell:
         "python workflow/scripts/remote.py collect"

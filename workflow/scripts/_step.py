@@ -3,7 +3,8 @@
 Every step runs from the project root, validates config/config.yaml (config_check.load_config,
 re-exported here: the Snakefile runs the same check, so `dvc repro` and Snakemake refuse a bad or
 unknown key in the same one line), imports the project's package from src/, keeps its last good
-output until the new one is complete, and logs to logs/<step>.log.
+output until the new one is complete, and logs to logs/<step>.log; where it runs (host, SLURM job,
+GPUs) goes to logs/placement/<step>.json (placement.record).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ UNFINISHED = ROOT / MARKS
 
 def load_dotenv() -> None:
     """Secrets for the tracking/storage stack live in .env (gitignored); set values win."""
+    if not (ROOT / ".env").exists():
+        return  # nothing to read, and no reason to import its reader
     from storage import load_dotenv as load
 
     load(ROOT)
@@ -134,6 +137,10 @@ def log_step(script: str | None = None, root: Path = ROOT) -> Path | None:
     steps = {name for name, _ in stage_outputs(root / "dvc.yaml")} | set(LOGGED_BESIDES_STAGES)
     if path.stem not in steps:
         return None
+    from placement import record
+
+    if path.stem not in LOGGED_BESIDES_STAGES:  # where this stage runs: the track step logs it
+        record(path.stem, root)
     return log_to(path.stem, root)
 
 

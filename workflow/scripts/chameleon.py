@@ -1,8 +1,8 @@
 """Chameleon provisioning with python-chi: plan, provision and teardown, driven by Snakemake rules.
 
     python workflow/scripts/chameleon.py plan        # what would be reserved, where, for how long
-    python workflow/scripts/chameleon.py provision   # lease + server + floating IP (+ security group
-                                                     # on KVM), wait for SSH
+    python workflow/scripts/chameleon.py provision   # lease + chameleon.count servers + one floating
+                                                     # IP (+ security group on KVM), wait for SSH
     python workflow/scripts/chameleon.py teardown    # delete exactly what the state file names
     python workflow/scripts/chameleon.py teardown --force   # ... even if a remote run was not collected
     python workflow/scripts/chameleon.py extend      # prolong the active lease by chameleon.extend_hours
@@ -12,6 +12,11 @@ Everything created is written to the state file (.chameleon/state.json, gitignor
 exists, by id; a rerun looks resources up by those ids (never by name, which python-chi's own
 idempotency does) and creates nothing twice. python-chi swallows several failures (a lease that
 cannot be made, a wait that ends in ERROR); this module surfaces their real cause.
+
+Several nodes (chameleon.count > 1, for a torchrun over nodes): one lease reserves them, one server
+is launched per node on its reservation, and only the first gets the floating IP (they are scarce);
+the others are reached through it as an SSH jump host, and the nodes reach each other on their
+private addresses (sharednet1), which the state file records: the first node's is the rendezvous.
 
 Bare metal (CHI@TACC, CHI@UC): a node reservation plus a floating-IP reservation; the node's
 firewalld already lets SSH in, and `chameleon.open_ports` are opened there by `configure`.
@@ -352,7 +357,18 @@ def preflight(cham: dict[str, Any]) -> None:
 
 
 def read_state() -> dict[str, Any]:
-    return json.loads(STATE.read_text()) if STATE.exists() else {}
+    """The state file; one written before multi-node leases (`server_id`) reads as a one-node list."""
+    state = json.loads(STATE.read_text()) if STATE.exists() else {}
+    if "server_id" in state:
+        server_id = state.pop("server_id")
+        if server_id:
+            state.setdefault("servers", [{"id": server_id}])
+    return state
+
+
+def servers(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The leased nodes, first (rank 0, the floating IP's) first: each {id, name, private_address}."""
+    return list(state.get("servers") or [])
 
 
 def write_state(state: dict[str, Any]) -> None:
@@ -474,7 +490,7 @@ def _lease_status(lease_id: str) -> str:
 
 def _start_over(state: dict[str, Any]) -> str:
     """What to do once the lease is of no more use: teardown releases the rest, provision starts anew."""
-    rest = _held({k: v for k, v in state.items() if k not in ("lease_id", "server_id")})
+    rest = _held({k: v for k, v in state.items() if k not in ("lease_id", "servers")})
     release = f"releases what is left ({rest}) and clears" if rest else "clears"
     return f"`{TEARDOWN}` {release} the state file, then `{PROVISION}` makes a new lease"
 
@@ -579,49 +595,89 @@ def _flavor_id(cham: dict[str, Any]) -> str:
     return flavors[cham["node_type"]]
 
 
-def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> Any:
-    import chi.server
+def ensure_servers(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> list[Any]:
+    """chameleon.count servers on the lease, each recorded by id as soon as it exists; all are
+    launched before any is waited for, so the nodes boot together. Each ACTIVE one's private
+    address (its fixed IP, on sharednet1) is recorded: the first node's is the rendezvous."""
     from chi.clients import nova
 
-    if state.get("server_id") and _server_status(state["server_id"]) == "GONE":
-        # The lease is ACTIVE (ensure_lease saw to it): its reservation takes a new server.
-        print(
-            f"chameleon: server {state['server_id']} was deleted outside reprostack; "
-            f"{_lease_ref(state, lease)} is still ACTIVE (until {_show(lease.end_date)}): "
-            "launching a new server on it"
+    nodes = servers(state)
+    reserved = _reserved_amount(cham, lease)
+    if len(nodes) > cham["count"] or (reserved is not None and reserved != cham["count"]):
+        raise ChameleonError(
+            f"chameleon.count: {cham['count']}, but {_lease_ref(state, lease)} reserves "
+            f"{reserved if reserved is not None else '?'} node(s) and the state file names {len(nodes)}; "
+            f"run `{TEARDOWN}`, then `{PROVISION}` for the new count"
         )
-        state.pop("server_id")
+    for rank in range(cham["count"]):
+        name = f"{state['lease_name']}-node" + (f"-{rank}" if cham["count"] > 1 else "")
+        if rank < len(nodes):
+            status = _server_status(nodes[rank]["id"])
+            if status != "GONE":
+                print(f"chameleon: reusing server {nodes[rank]['id']} ({status})")
+                continue
+            # The lease is ACTIVE (ensure_lease saw to it): its reservation takes a new server, in
+            # the same place (rank) as the one that went.
+            print(
+                f"chameleon: server {nodes[rank]['id']} was deleted outside reprostack; "
+                f"{_lease_ref(state, lease)} is still ACTIVE (until {_show(lease.end_date)}): "
+                "launching a new server on it"
+            )
+            nodes.pop(rank)
+            state["servers"] = nodes
+            write_state(state)
+        nodes.insert(rank, {"id": _create_server(cham, state, lease, name), "name": name})
+        state["servers"] = nodes
         write_state(state)
-    if state.get("server_id"):
-        server = chi.server.Server._from_nova_server(nova().servers.get(state["server_id"]))
-        print(f"chameleon: reusing server {server.id} ({server.status})")
+        print(f"chameleon: created server {name} ({nodes[rank]['id']}) from {cham['image']}")
+    for node in nodes:
+        _wait_active(cham, state, lease, node["id"])
+        found = nova().servers.get(node["id"])
+        node.update(name=found.name, private_address=_private_address(found))
+    state["servers"] = nodes
+    write_state(state)
+    return [_server_obj(node["id"]) for node in nodes]
+
+
+def _reserved_amount(cham: dict[str, Any], lease: Any) -> int | None:
+    """How many nodes (or instances) the lease reserves; None when Blazar does not say."""
+    found = lease.flavor_reservations if cham["kind"] == "kvm" else lease.node_reservations
+    amount = (found[0].get("min") or found[0].get("amount")) if found else None
+    return int(amount) if amount else None
+
+
+def _create_server(cham: dict[str, Any], state: dict[str, Any], lease: Any, name: str) -> str:
+    """One server on the lease's reservation; its id (python-chi finds it by name)."""
+    import chi.server
+
+    if cham["kind"] == "kvm":
+        # Launch on the lease's own flavor: naming the public flavor would boot an on-demand
+        # instance outside the reservation (it works, which is what makes it a trap).
+        reserved = lease.get_reserved_flavors()
+        if not reserved:
+            raise ChameleonError(
+                f"chameleon: {_lease_ref(state, lease)} has no reserved flavor; run teardown"
+            )
+        placement = {"flavor_name": reserved[0].name}
     else:
-        name = f"{state['lease_name']}-node"
-        if cham["kind"] == "kvm":
-            # Launch on the lease's own flavor: naming the public flavor would boot an on-demand
-            # instance outside the reservation (it works, which is what makes it a trap).
-            reserved = lease.get_reserved_flavors()
-            if not reserved:
-                raise ChameleonError(
-                    f"chameleon: {_lease_ref(state, lease)} has no reserved flavor; run teardown"
-                )
-            placement = {"flavor_name": reserved[0].name}
-        else:
-            placement = {"reservation_id": lease.node_reservations[0]["id"], "flavor_name": "baremetal"}
-        server = chi.server.Server(
-            name,
-            image_name=cham["image"],
-            key_name=cham["key_name"] or os.environ.get("OS_KEYPAIR_NAME"),
-            **placement,
-        )
-        server.submit(wait_for_active=False, show=None, idempotent=False, retry_on_error=False)
-        server.refresh()  # python-chi sets the id only by looking the name up
-        state["server_id"] = server.id
-        write_state(state)
-        print(f"chameleon: created server {name} ({server.id}) from {cham['image']}")
+        placement = {"reservation_id": lease.node_reservations[0]["id"], "flavor_name": "baremetal"}
+    server = chi.server.Server(
+        name,
+        image_name=cham["image"],
+        key_name=cham["key_name"] or os.environ.get("OS_KEYPAIR_NAME"),
+        **placement,
+    )
+    server.submit(wait_for_active=False, show=None, idempotent=False, retry_on_error=False)
+    server.refresh()  # python-chi sets the id only by looking the name up
+    return str(server.id)
+
+
+def _wait_active(cham: dict[str, Any], state: dict[str, Any], lease: Any, server_id: str) -> None:
+    from chi.clients import nova
+
     status = _poll(
-        f"server {server.id}",
-        lambda: _server_status(server.id),
+        f"server {server_id}",
+        lambda: _server_status(server_id),
         cham["server_timeout_minutes"] * 60,
         cham["poll_seconds"],
         "ACTIVE",
@@ -629,21 +685,39 @@ def ensure_server(cham: dict[str, Any], state: dict[str, Any], lease: Any) -> An
     )
     if status == "GONE":
         raise ChameleonError(
-            f"chameleon: server {server.id} was deleted while it started (outside reprostack); "
+            f"chameleon: server {server_id} was deleted while it started (outside reprostack); "
             f"run `{PROVISION}` again to launch a new one on {_lease_ref(state, lease)}"
         )
     if status == "ERROR":
-        fault = getattr(nova().servers.get(server.id), "fault", {}) or {}
+        fault = getattr(nova().servers.get(server_id), "fault", {}) or {}
         raise ChameleonError(
-            f"chameleon: server {server.id} is in ERROR ({fault.get('message', 'no fault')}); "
+            f"chameleon: server {server_id} is in ERROR ({fault.get('message', 'no fault')}); "
             "it will not be reused. Run teardown, then provision again"
         )
-    return chi.server.Server._from_nova_server(nova().servers.get(server.id))
 
 
-def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], server: Any) -> None:
-    """KVM only: a group of our own, recorded by id, attached to the server. Its rules follow
-    SSH + chameleon.open_ports on every run, so a changed port list needs no new server."""
+def _server_obj(server_id: str) -> Any:
+    import chi.server
+    from chi.clients import nova
+
+    return chi.server.Server._from_nova_server(nova().servers.get(server_id))
+
+
+def _private_address(found: Any) -> str | None:
+    """The server's fixed IP (sharednet1 first): where the other nodes reach it."""
+    addresses = getattr(found, "addresses", None) or {}
+    for network in sorted(addresses, key=lambda name: name != "sharednet1"):
+        for entry in addresses[network]:
+            if entry.get("OS-EXT-IPS:type", "fixed") == "fixed" and entry.get("version", 4) == 4:
+                return str(entry["addr"])
+    return None
+
+
+def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], nodes: list[Any]) -> None:
+    """KVM only: a group of our own, recorded by id, attached to every server. Its rules follow
+    SSH + chameleon.open_ports on every run, so a changed port list needs no new server; with
+    several nodes it also lets in everything from its own members (torchrun's rendezvous and the
+    collective backend's ports), since KVM lets nothing in by default."""
     from chi.clients import neutron, nova
     from neutronclient.common.exceptions import NotFound
 
@@ -678,11 +752,20 @@ def ensure_security_group(cham: dict[str, Any], state: dict[str, Any], server: A
         if port not in cham["ingress_ports"]:
             neutron().delete_security_group_rule(rule_id)
             print(f"chameleon: security group no longer lets in tcp {port}")
-    attached = {g["name"] for g in getattr(nova().servers.get(server.id), "security_groups", [])}
-    if group["name"] not in attached:
-        # By id: Nova resolves a name or an id, and a name may be shared with other groups.
-        nova().servers.add_security_group(server.id, group["id"])
-        print(f"chameleon: security group {group['name']} attached to server {server.id}")
+    members = [rule for rule in group.get("security_group_rules", [])
+               if rule.get("direction") == "ingress" and rule.get("remote_group_id") == group["id"]]
+    if len(nodes) > 1 and not members:
+        neutron().create_security_group_rule(
+            {"security_group_rule": {"security_group_id": group["id"], "direction": "ingress",
+                                     "ethertype": "IPv4", "remote_group_id": group["id"]}}
+        )
+        print("chameleon: security group lets the nodes reach each other (any port)")
+    for server in nodes:
+        attached = {g["name"] for g in getattr(nova().servers.get(server.id), "security_groups", [])}
+        if group["name"] not in attached:
+            # By id: Nova resolves a name or an id, and a name may be shared with other groups.
+            nova().servers.add_security_group(server.id, group["id"])
+            print(f"chameleon: security group {group['name']} attached to server {server.id}")
 
 
 def ensure_floating_ip(cham: dict[str, Any], state: dict[str, Any], lease: Any, server: Any) -> str:
@@ -767,8 +850,19 @@ def wait_for_ssh(address: str, timeout_s: float, interval: float) -> float:
     raise ChameleonError(f"chameleon: SSH on {address}:22 did not answer after waiting {timeout_s:.0f} s")
 
 
+def check_nodes(config: dict[str, Any]) -> None:
+    """One node per torchrun node: chameleon.count must be train.distributed.nnodes before anything
+    is leased (the config check alone lets count 1 with nnodes > 1 pass, for clusters of other kinds)."""
+    from config_check import nodes_problem
+
+    problem = nodes_problem(config, leasing=True)
+    if problem:
+        raise ChameleonError(problem)
+
+
 def provision(config: dict[str, Any]) -> dict[str, Any]:
     cham = settings(config)
+    check_nodes(config)
     check_credentials(cham)
     state = read_state()
     if state.get("site") and state["site"] != cham["site"]:
@@ -780,10 +874,10 @@ def provision(config: dict[str, Any]) -> dict[str, Any]:
         preflight(cham)  # nothing is reserved unless every check passes
     try:
         lease = ensure_lease(cham, state, config["project"]["name"])
-        server = ensure_server(cham, state, lease)
+        nodes = ensure_servers(cham, state, lease)
         if cham["kind"] == "kvm":
-            ensure_security_group(cham, state, server)
-        address = ensure_floating_ip(cham, state, lease, server)
+            ensure_security_group(cham, state, nodes)
+        address = ensure_floating_ip(cham, state, lease, nodes[0])
         waited = wait_for_ssh(address, cham["ssh_timeout_minutes"] * 60, cham["poll_seconds"])
     except (Exception, ChameleonError, KeyboardInterrupt) as error:
         held = _held(state)
@@ -797,6 +891,10 @@ def provision(config: dict[str, Any]) -> dict[str, Any]:
             f"release them with `{TEARDOWN}`"
         ) from None
     print(f"chameleon: ready: ssh cc@{address} (SSH answered after {waited:.0f} s)")
+    for rank, node in enumerate(servers(state)[1:], start=1):
+        # One floating IP: the other nodes are reached through the first (as Chameleon users do).
+        print(f"chameleon: node {rank}: {node['name']} at {node['private_address']}: "
+              f"ssh -J cc@{address} cc@{node['private_address']}")
     return state
 
 
@@ -805,8 +903,7 @@ def _held(state: dict[str, Any]) -> str:
     held = []
     if state.get("lease_id"):
         held.append(_lease_ref(state))
-    if state.get("server_id"):
-        held.append(f"server {state['server_id']}")
+    held += [f"server {node['id']}" for node in servers(state)]
     if state.get("floating_ip"):
         held.append(f"floating IP {state['floating_ip']}")
     if state.get("security_group_id"):
@@ -817,6 +914,7 @@ def _held(state: dict[str, Any]) -> str:
 def check(config: dict[str, Any]) -> None:
     """The checks provision makes before reserving, and nothing else."""
     cham = settings(config)
+    check_nodes(config)
     check_credentials(cham)
     preflight(cham)
     print(
@@ -827,7 +925,7 @@ def check(config: dict[str, Any]) -> None:
 
 
 def teardown(config: dict[str, Any], force: bool = False) -> list[str]:
-    """Delete the server, release the floating IP, delete the lease: what the state names, nothing
+    """Delete the servers, release the floating IP, delete the lease: what the state names, nothing
     else, and only at the site it names. Each resource leaves the state file once the site confirms
     it is gone, so a failure midway leaves exactly what remains, for a rerun to finish."""
     state = read_state()
@@ -846,7 +944,7 @@ def teardown(config: dict[str, Any], force: bool = False) -> list[str]:
         print(f"chameleon: {line}")
 
     try:
-        _teardown_server(cham, state, done)
+        _teardown_servers(cham, state, done)
         _teardown_floating_ip(state, done)
         if state.get("security_group_id"):
             done(_delete_security_group(state["security_group_id"]))
@@ -890,24 +988,28 @@ def _forget(state: dict[str, Any], key: str) -> None:
     write_state(state)
 
 
-def _teardown_server(cham: dict[str, Any], state: dict[str, Any], done: Callable[[str], None]) -> None:
-    """Delete, then wait for Nova's 404: a server being deleted is still alive (and holds its
-    security group and the node)."""
+def _teardown_servers(cham: dict[str, Any], state: dict[str, Any], done: Callable[[str], None]) -> None:
+    """Delete every server, then wait for Nova's 404 on each: a server being deleted is still alive
+    (and holds its security group and the node). Each leaves the state file once it is gone."""
     from chi.clients import nova
     from novaclient.exceptions import NotFound
 
-    server_id = state.get("server_id")
-    if not server_id:
-        return
-    try:
-        nova().servers.delete(server_id)
-        line = f"deleted server {server_id}"
-    except NotFound:
-        line = f"server {server_id} was already gone"
-    _poll(f"server {server_id} (being deleted)", lambda: _server_status(server_id),
-          cham["server_timeout_minutes"] * 60, cham["poll_seconds"], "GONE", stops=(), hint="")
-    done(line)
-    _forget(state, "server_id")
+    lines = {}
+    for node in servers(state):  # all deletes first: bare-metal nodes take minutes to clean
+        try:
+            nova().servers.delete(node["id"])
+            lines[node["id"]] = f"deleted server {node['id']}"
+        except NotFound:
+            lines[node["id"]] = f"server {node['id']} was already gone"
+    for node in servers(state):
+        server_id = node["id"]
+        _poll(f"server {server_id} (being deleted)", lambda sid=server_id: _server_status(sid),
+              cham["server_timeout_minutes"] * 60, cham["poll_seconds"], "GONE", stops=(), hint="")
+        done(lines[server_id])
+        state["servers"] = [n for n in servers(state) if n["id"] != server_id]
+        if not state["servers"]:
+            state.pop("servers")
+        write_state(state)
 
 
 def _teardown_floating_ip(state: dict[str, Any], done: Callable[[str], None]) -> None:
@@ -975,6 +1077,7 @@ def _delete_security_group(group_id: str) -> str:
 
 def plan(config: dict[str, Any]) -> str:
     cham = settings(config)
+    check_nodes(config)
     state = read_state()
     ports = ", ".join(map(str, cham["ingress_ports"]))
     reserve = (
@@ -984,6 +1087,9 @@ def plan(config: dict[str, Any]) -> str:
         else f"{cham['count']} x {cham['node_type']} bare-metal node(s) + 1 floating IP; "
         f"firewalld lets in tcp {ports}"
     )
+    if cham["count"] > 1:  # floating IPs are scarce: one, and the other nodes behind it
+        reserve += (f"; the floating IP is the first node's, the other {cham['count'] - 1} are reached "
+                    "through it (ssh -J) and reach each other on sharednet1")
     lines = [
         f"site:      {cham['site']} ({cham['kind']})",
         f"reserve:   {reserve}",
@@ -994,7 +1100,9 @@ def plan(config: dict[str, Any]) -> str:
         f"{EXTENSION_WINDOW_HOURS} h of the lease, up to {MAX_LEASE_HOURS[cham['site']]} h from then",
         "state:     "
         + (
-            f"reuse {STATE.relative_to(ROOT)} ({_lease_ref(state)}, server {state.get('server_id')})"
+            f"reuse {STATE.relative_to(ROOT)} ({_lease_ref(state)}, "
+            + (", ".join(f"server {node['id']}" for node in servers(state)) or "no server yet")
+            + ")"
             if state.get("lease_id")
             else "nothing created yet"
         ),

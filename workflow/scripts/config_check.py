@@ -54,8 +54,55 @@ def load_config(path: Path = CONFIG) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{_shown(path)}: not valid YAML{where}: {problem}") from None
-    validate(config, _shown(path))
+    checked = _checked_key(path, config)
+    if checked is None or not _already_checked(checked):
+        validate(config, _shown(path))
+        _remember_checked(checked)
     return config
+
+
+# The digest of what the last successful check read: the Snakefile checks at the start of a run,
+# then each step finds the same digest and skips jsonschema (a tenth of a second per step).
+CHECKED = Path(".snakemake") / "reprostack" / "config-checked"
+
+
+def _checked_key(path: Path, config: Any) -> str | None:
+    """sha256 over every file `validate` reads (the config, the schema, the model's model.py) and
+    this module's own code; None when the config names no package to find model.py by."""
+    import hashlib
+
+    try:
+        package = ROOT / "src" / str(config["project"]["package"])
+    except (KeyError, TypeError):
+        return None
+    digest = hashlib.sha256()
+    for source in (path, ROOT / SCHEMA, package / "model.py", Path(__file__)):
+        digest.update(source.read_bytes() if source.is_file() else b"(none)")
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _already_checked(key: str) -> bool:
+    try:
+        return (ROOT / CHECKED).read_text().strip() == key
+    except OSError:
+        return False
+
+
+def _remember_checked(key: str | None) -> None:
+    """Best effort: a project that cannot be written to checks every time."""
+    import os
+
+    if key is None:
+        return
+    target = ROOT / CHECKED
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f".{target.name}.{os.getpid()}")
+        scratch.write_text(key + "\n")
+        scratch.replace(target)  # steps that run at once never read half a digest
+    except OSError:
+        pass
 
 
 def validate(config: Any, source: str = "config/config.yaml", root: Path = ROOT) -> None:
@@ -73,7 +120,8 @@ def validate(config: Any, source: str = "config/config.yaml", root: Path = ROOT)
     model_keys = _model_keys(config, root)
     problem = _schema_problem(jsonschema.Draft202012Validator(schema), config, model_keys)
     if problem is None:
-        problem = _model_problem(config, root) or _split_problem(config["prepare"])
+        problem = (_model_problem(config, root) or _distributed_problem(config, root)
+                   or nodes_problem(config) or _split_problem(config["prepare"]))
     if problem:
         raise ConfigError(f"{source}: {problem}")
 
@@ -178,6 +226,7 @@ def _located(error: Any) -> str:
 
 
 DECLARED = ("FRAMEWORK", "CONFIG_SCHEMA")
+OPTIONAL = ("DISTRIBUTED",)  # True: fit() trains under torch.distributed (contract.py)
 
 
 def model_declaration(package_dir: Path) -> dict[str, Any]:
@@ -190,7 +239,7 @@ def model_declaration(package_dir: Path) -> dict[str, Any]:
     for node in ast.parse(path.read_text(), str(path)).body:
         target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
             node.target if isinstance(node, ast.AnnAssign) else None)
-        if isinstance(target, ast.Name) and target.id in DECLARED and node.value:
+        if isinstance(target, ast.Name) and target.id in DECLARED + OPTIONAL and node.value:
             try:
                 found[target.id] = ast.literal_eval(node.value)
             except ValueError:
@@ -240,6 +289,47 @@ def _model_problem(config: dict[str, Any], root: Path) -> str | None:
     wrapper = {"type": "object", "properties": {"model": section}}
     return _schema_problem(jsonschema.Draft202012Validator(wrapper), {"model": config.get("model", {})},
                            owner=f"this project's model ({model}, CONFIG_SCHEMA)")
+
+
+def _distributed_problem(config: dict[str, Any], root: Path) -> str | None:
+    """More than one training process needs a model whose fit() trains under DDP (DISTRIBUTED =
+    True in model.py), and nccl needs CUDA: train.device cpu cannot have it. (A GPU that is not
+    there is the train step's to refuse: this check does not import torch.)"""
+    dist = config["train"].get("distributed") or {}
+    nnodes, nproc = int(dist.get("nnodes", 1)), int(dist.get("nproc_per_node", 1))
+    if dist.get("backend") == "nccl" and config["train"].get("device") == "cpu":
+        return ("train.distributed.backend: 'nccl' needs CUDA, but train.device is 'cpu'; "
+                "accepted: gloo or auto (gloo on the CPU)")
+    if nnodes * nproc == 1:
+        return None
+    declared = model_declaration(root / "src" / config["project"]["package"])
+    if declared and declared.get("DISTRIBUTED") is not True:
+        model = _shown(root / "src" / config["project"]["package"] / "model.py")
+        return (f"train.distributed: {nnodes * nproc} processes (nnodes {nnodes} x nproc_per_node "
+                f"{nproc}) need a model whose fit() trains its shard under DDP, and this project's "
+                f"model ({model}) does not declare DISTRIBUTED = True (see contract.py); accepted: "
+                "nnodes 1 and nproc_per_node 1")
+    return None
+
+
+def nodes_problem(config: dict[str, Any], leasing: bool = False) -> str | None:
+    """chameleon.count leases the nodes train.distributed.nnodes trains on: one per node. Fewer and
+    torchrun waits for nodes that never come; more and leased nodes sit idle. The default count (1)
+    with nnodes > 1 is refused only when leasing (plan, provision, remote_run): the nodes may be
+    machines of another kind (a cluster's), started by hand with launch.py."""
+    if "chameleon" not in config:
+        return None
+    count = config["chameleon"].get("count", 1)
+    nnodes = (config["train"].get("distributed") or {}).get("nnodes", 1)
+    if count == nnodes or (count == 1 and not leasing):
+        return None
+    if nnodes == 1:
+        return (f"chameleon.count: {count} leases {count} nodes, but train.distributed.nnodes is 1: only "
+                "the first would train; accepted: chameleon.count: 1, or train.distributed.nnodes: "
+                f"{count} (pytorch)")
+    why = "torchrun would wait for nodes that are not there" if count < nnodes else "some would sit idle"
+    return (f"chameleon.count: {count} leases {count} node(s), but train.distributed.nnodes is {nnodes}: "
+            f"{why}; accepted: chameleon.count: {nnodes}")
 
 
 def _split_problem(prepare: dict[str, Any]) -> str | None:

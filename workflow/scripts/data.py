@@ -3,7 +3,8 @@
 When dvc.lock already pins data/raw for this exact data config (a published repository), the
 files are pulled from the DVC remote and checked against dvc.lock on download; otherwise, or when
 the remote cannot be read, they are fetched from the pinned source. Either way nothing else
-is reused: every later step recomputes from these bytes.
+is reused: every later step recomputes from these bytes. A download is hashed as it streams to
+disk, once; the hash is recorded with the file (data.record_sha256) for verify to reuse.
 """
 
 from _step import ROOT, keeping_last_good, project, write_json

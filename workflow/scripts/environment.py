@@ -3,5 +3,6 @@
 from _step import project, write_json
 
 config, provenance = project("provenance")
-provenance.check_lock()
-write_json("results/environment.json", provenance.environment())
+packages = provenance.installed()  # read once: the lock check and the record share it
+provenance.check_lock(have=packages)
+write_json("results/environment.json", provenance.environment(packages=packages))

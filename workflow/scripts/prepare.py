@@ -1,4 +1,5 @@
-"""prepare: split the raw table into train and test parts in data/prepared, as prepare.* says."""
+"""prepare: split the raw table into train and test parts in data/prepared, as prepare.* says
+(.npy files, which data.load_split memory-maps; the table is parsed in blocks, see data.prepare)."""
 
 from _step import ROOT, keeping_last_good, project
 

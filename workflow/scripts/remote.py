@@ -11,16 +11,26 @@ collect pulls the outputs and imports the run into this project's own tracking s
 server outside the node already has it). Until collect has run, teardown refuses to release the
 node (the state file's `remote_run` says what is unsaved).
 
-Commands go through a runner: SSH to cc@<floating IP> (the real path), or, for tests, a local shell
-in a folder that stands in for the node (REPROSTACK_RUNNER=local, REPROSTACK_NODE_ROOT=folder).
-The repository travels as a git bundle of the current commit (no public remote needed); the
-secrets travel as a file copy (never on a command line, never echoed).
+Several nodes (chameleon.count = train.distributed.nnodes > 1): configure prepares each the same
+way; remote_run starts every other node first, in the background with its own log (it prepares the
+data from the same pinned inputs, then `launch.py --node-rank I --master-addr <first node>` joins
+torchrun's rendezvous), then runs the pipeline on the first node (rank 0, which writes every
+result) with REPROSTACK_MASTER_ADDR set to its own private address, then waits for the others and
+names any that failed. Their logs come home as logs/nodes/<name>.log.
+
+Commands go through a runner: SSH to cc@<floating IP> (the real path; the other nodes through it
+as a jump host, at their private addresses), or, for tests, a local shell in a folder that stands
+in for the node's home (REPROSTACK_RUNNER=local, REPROSTACK_NODE_ROOT=folder for the first node,
+folder-1, folder-2, ... for the others). The repository travels as a git bundle of the current
+commit (no public remote needed); the secrets travel as a file copy (never on a command line,
+never echoed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,19 +38,31 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
-from chameleon import ROOT, ChameleonError, check_credentials, read_state, settings, write_state
+from chameleon import ROOT, ChameleonError, check_credentials, read_state, servers, settings, write_state
 
 PROJECT = "project"  # the clone's folder in the node's home
 SETUP = Path(__file__).with_name("node_setup.sh")
 # From the project root. Compose looks for .env in the compose file's folder (docker/), so the
 # project's .env is named; --project-directory would move the file's relative paths too.
 COMPOSE = "docker compose -f docker/compose.yaml --env-file .env"
+# A worker node's run, in its project: output, then exit status once it has ended.
+NODE_LOG, NODE_EXIT = "logs/node_run.log", "logs/node_run.exit"
+NODE_LOGS = Path("logs") / "nodes"  # here: each worker's log, as <name>.log
+WORKER_GRACE_S = 600.0  # once the first node is done, how long a worker may take to end
 
 
 class Runner:
     def run(self, command: str) -> None:
         raise NotImplementedError
+
+    def status(self, command: str) -> int:
+        """The command's exit status; a failure is an answer here, not an error."""
+        raise NotImplementedError
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the node answers (a node behind the jump host may still be booting)."""
 
     def put(self, local: Path, remote: str) -> None:
         raise NotImplementedError
@@ -50,15 +72,30 @@ class Runner:
 
 
 class SSHRunner(Runner):
-    """ssh/scp to cc@address; host keys are accepted on first use (a fresh node), then pinned."""
+    """ssh/scp to cc@address; host keys are accepted on first use (a fresh node), then pinned. A node
+    without a floating IP is reached through `jump` (the first node's): ProxyJump's own connection
+    would not take these options, so the jump is a ProxyCommand with them."""
 
-    def __init__(self, address: str, user: str = "cc") -> None:
+    def __init__(self, address: str, user: str = "cc", jump: str | None = None) -> None:
         self.target = f"{user}@{address}"
         self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
                         "-o", "ConnectTimeout=20"]
+        if jump:
+            through = shlex.join(["ssh", *self.options, "-W", "%h:%p", f"{user}@{jump}"])
+            self.options += ["-o", f"ProxyCommand={through}"]
 
     def run(self, command: str) -> None:
         _check(subprocess.run(["ssh", *self.options, self.target, command]), command)
+
+    def status(self, command: str) -> int:
+        return subprocess.run(["ssh", *self.options, self.target, command]).returncode
+
+    def wait_ready(self, timeout_s: float) -> None:
+        start = time.monotonic()
+        while subprocess.run(["ssh", *self.options, self.target, "true"], capture_output=True).returncode:
+            if time.monotonic() - start > timeout_s:
+                raise ChameleonError(f"remote: {self.target} did not answer SSH after {timeout_s:.0f} s")
+            time.sleep(10)
 
     def put(self, local: Path, remote: str) -> None:
         _check(subprocess.run(["scp", "-q", *self.options, str(local), f"{self.target}:{remote}"]),
@@ -77,7 +114,14 @@ class LocalRunner(Runner):
         home.mkdir(parents=True, exist_ok=True)
 
     def run(self, command: str) -> None:
-        _check(subprocess.run(["bash", "-c", command], cwd=self.home), command)
+        _check(self._bash(command), command)
+
+    def status(self, command: str) -> int:
+        return self._bash(command).returncode
+
+    def _bash(self, command: str) -> subprocess.CompletedProcess:
+        home = {**os.environ, "HOME": str(self.home)}
+        return subprocess.run(["bash", "-c", command], cwd=self.home, env=home)
 
     def put(self, local: Path, remote: str) -> None:
         shutil.copyfile(local, self.home / remote)
@@ -96,13 +140,39 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> None:
         raise ChameleonError(f"remote: '{first}' failed on the node (exit {proc.returncode})")
 
 
-def runner() -> Runner:
+class Node(NamedTuple):
+    """A leased node as the commands see it: rank 0 is the first (the floating IP's)."""
+
+    rank: int
+    name: str
+    address: str  # private (sharednet1): where the other nodes reach it
+    runner: Runner
+
+
+def cluster() -> list[Node]:
+    """Every node the state file names, first node first, each with its runner."""
     state = read_state()
+    listed = servers(state) or [{}]
     if os.environ.get("REPROSTACK_RUNNER") == "local":
-        return LocalRunner(Path(os.environ["REPROSTACK_NODE_ROOT"]))
-    if not state.get("floating_ip"):
-        raise ChameleonError("remote: no node yet; run `snakemake -c1 provision` first")
-    return SSHRunner(state["floating_ip"])
+        root = os.environ["REPROSTACK_NODE_ROOT"]
+        homes = [Path(root if rank == 0 else f"{root}-{rank}") for rank in range(len(listed))]
+        runners: list[Runner] = [LocalRunner(home) for home in homes]
+    else:
+        if not state.get("floating_ip") or not servers(state):
+            raise ChameleonError("remote: no node yet; run `snakemake -c1 provision` first")
+        jump = state["floating_ip"]
+        missing = [n.get("id") for n in listed[1:] if not n.get("private_address")]
+        if missing:
+            raise ChameleonError(f"remote: no private address recorded for server(s) {', '.join(missing)}; "
+                                 "run `snakemake -c1 provision` again")
+        runners = [SSHRunner(jump)] + [SSHRunner(n["private_address"], jump=jump) for n in listed[1:]]
+    return [Node(rank, n.get("name") or f"node-{rank}", n.get("private_address") or "", runner)
+            for rank, (n, runner) in enumerate(zip(listed, runners, strict=True))]
+
+
+def runner() -> Runner:
+    """The first node's runner: the one that runs the pipeline and holds its results."""
+    return cluster()[0].runner
 
 
 def _git(*args: str) -> str:
@@ -110,25 +180,45 @@ def _git(*args: str) -> str:
 
 
 def configure(config: dict) -> None:
+    """Every node the same way: Docker (+ GPU runtime), the repository at this commit, .env, the
+    service stack; with several nodes, each node's firewall also trusts the others (bare metal)."""
     cham = settings(config)
-    node = runner()
-    node.put(SETUP, "node_setup.sh")
+    nodes = cluster()
     if cham["kind"] == "kvm":
-        # The security group made by provision is the firewall on KVM: firewalld is not asked to
-        # open anything, so nothing depends on it running (or being installed) on the instance.
-        extra_ports = ""
+        # The security group made by provision is the firewall on KVM (it also lets the nodes reach
+        # each other): firewalld is not asked to open anything, so nothing depends on it there.
         print("remote: KVM: the security group lets in tcp "
               + ", ".join(map(str, cham["ingress_ports"])) + "; firewalld is left alone")
-    else:
-        extra_ports = " ".join(str(p) for p in cham["ingress_ports"] if p != 22)  # firewalld allows SSH
-    node.run(f"bash node_setup.sh {cham['accelerator']} {extra_ports}".rstrip())
     commit = _git("rev-parse", "HEAD")
     if _git("status", "--porcelain", "--untracked-files=no"):
         print("remote: note: uncommitted changes stay here; the node gets commit " + commit[:12])
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "repo.bundle"
         _git("bundle", "create", str(bundle), "HEAD")
-        node.put(bundle, "repo.bundle")
+        for node in nodes:
+            if len(nodes) > 1:
+                print(f"remote: configuring node {node.name} (rank {node.rank}, {node.address})")
+            node.runner.wait_ready(cham["ssh_timeout_minutes"] * 60)
+            peers = [other.address for other in nodes if other is not node]
+            _configure_node(cham, node.runner, bundle, commit, [] if cham["kind"] == "kvm" else peers)
+    remote = _outliving_remote(config, cham, [node.runner for node in nodes])
+    state = read_state()
+    state["dvc_remote"] = remote
+    write_state(state)
+    target = (f"outputs will be pushed to the DVC remote '{remote['name']}' ({remote['where']})"
+              if remote["name"] else remote["where"])
+    where = f" on {len(nodes)} nodes" if len(nodes) > 1 else ""
+    print(f"remote: configured{where}: {PROJECT} at {commit[:12]}, secrets in place, service stack up; "
+          + target)
+
+
+def _configure_node(cham: dict, node: Runner, bundle: Path, commit: str, peers: list[str]) -> None:
+    node.put(SETUP, "node_setup.sh")
+    extra_ports = "" if cham["kind"] == "kvm" else " ".join(
+        str(p) for p in cham["ingress_ports"] if p != 22)  # firewalld already allows SSH
+    trusted = f"REPROSTACK_PEERS={shlex.quote(' '.join(peers))} " if peers else ""
+    node.run(f"{trusted}bash node_setup.sh {cham['accelerator']} {extra_ports}".rstrip())
+    node.put(bundle, "repo.bundle")
     node.run(f"if [ -d {PROJECT}/.git ]; then git -C {PROJECT} fetch -q ../repo.bundle HEAD; "
              f"else git clone -q repo.bundle {PROJECT}; fi && git -C {PROJECT} checkout -q --detach {commit}")
     if (ROOT / ".env").exists():
@@ -136,16 +226,9 @@ def configure(config: dict) -> None:
         node.put(ROOT / ".env", f"{PROJECT}/.env")
         node.run(f"chmod 600 {PROJECT}/.env")
     node.run(f"cd {PROJECT} && {COMPOSE} up -d --wait")
-    remote = _outliving_remote(config, cham, node)
-    state = read_state()
-    state["dvc_remote"] = remote
-    write_state(state)
-    target = (f"outputs will be pushed to the DVC remote '{remote['name']}' ({remote['where']})"
-              if remote["name"] else remote["where"])
-    print(f"remote: configured: {PROJECT} at {commit[:12]}, secrets in place, service stack up; {target}")
 
 
-def _outliving_remote(config: dict, cham: dict, node: Runner) -> dict[str, str]:
+def _outliving_remote(config: dict, cham: dict, nodes: list[Runner]) -> dict[str, str]:
     """Set up the DVC remote a run on the node pushes to, here and on the node (see object_store)."""
     import object_store
     import storage
@@ -171,29 +254,161 @@ def _outliving_remote(config: dict, cham: dict, node: Runner) -> dict[str, str]:
         node_file = Path(tmp) / "config.local"
         node_file.touch(mode=0o600)
         node_file.write_text(object_store.config_local(settings))
-        node.run(f"umask 077 && : > {PROJECT}/.dvc/config.local")
-        node.put(node_file, f"{PROJECT}/.dvc/config.local")
-    node.run(f"chmod 600 {PROJECT}/.dvc/config.local")
+        for node in nodes:  # every node: a worker may pull the pinned raw data from there
+            node.run(f"umask 077 && : > {PROJECT}/.dvc/config.local")
+            node.put(node_file, f"{PROJECT}/.dvc/config.local")
+            node.run(f"chmod 600 {PROJECT}/.dvc/config.local")
     return {"name": name, "where": f"s3://{bucket}/dvc in {cham['site']}'s object store at {endpoint}"}
 
 
-def _in_container(command: str = "") -> str:
-    return f"cd {PROJECT} && {COMPOSE} --profile train run --rm train {command}".rstrip()
+def _in_container(command: str = "", env: dict[str, str] | None = None, name: str = "") -> str:
+    """The training container's command line, from the node's home (options before `--rm train`)."""
+    options = "".join(f" -e {key}={shlex.quote(value)}" for key, value in (env or {}).items())
+    options += f" --name {name}" if name else ""
+    return f"cd {PROJECT} && {COMPOSE} --profile train run{options} --rm train {command}".rstrip()
+
+
+def _rendezvous(rank: int, master: str) -> dict[str, str]:
+    return {"REPROSTACK_NODE_RANK": str(rank), "REPROSTACK_MASTER_ADDR": master}
+
+
+def _worker_line(rank: int, master: str) -> str:
+    """What a worker node runs in its container: the prepared data from the same pinned inputs (the
+    pipeline up to its prepare step), then its half of torchrun (launch.py)."""
+    joins = ["python", "workflow/scripts/launch.py", "--node-rank", str(rank), "--master-addr", master]
+    return f"snakemake --cores all prepare && {shlex.join(joins)}"
+
+
+def _start_worker(node: Node, master: str) -> str:
+    """Start the worker's run detached on its node (it outlives the SSH session), output to NODE_LOG
+    and its exit status to NODE_EXIT; returns the container's command line, as started."""
+    line = _in_container(f"bash -c {shlex.quote(_worker_line(node.rank, master))}",
+                         _rendezvous(node.rank, master), _container_name(node))
+    container = line.removeprefix(f"cd {PROJECT} && ")
+    node.runner.status(f"docker rm -f {_container_name(node)} >/dev/null 2>&1")  # one left by a run cut short
+    node.runner.run(
+        f"cd {PROJECT} && mkdir -p logs && rm -f {NODE_EXIT} && "
+        f"nohup bash -c {shlex.quote(f'{container}; echo $? > {NODE_EXIT}')} > {NODE_LOG} 2>&1 < /dev/null &"
+    )
+    return container
+
+
+def _container_name(node: Node) -> str:
+    return f"reprostack-rank{node.rank}"
+
+
+def _exit_status(node: Node) -> int | None:
+    """A worker's exit status once its run has ended; None while it runs."""
+    if node.runner.status(f"test -s {PROJECT}/{NODE_EXIT}") != 0:
+        return None
+    return node.runner.status(f"exit $(cat {PROJECT}/{NODE_EXIT})")
+
+
+def fetch_node_logs(nodes: list[Node]) -> list[Path]:
+    """Each worker's log here, as logs/nodes/<name>.log (the first node's is logs/remote_run.log)."""
+    fetched = []
+    for node in nodes[1:]:
+        target = ROOT / NODE_LOGS / f"{node.name}.log"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            node.runner.get(f"{PROJECT}/{NODE_LOG}", target)
+        except (ChameleonError, OSError):
+            print(f"remote: note: no log from node {node.name} yet")
+            continue
+        fetched.append(target)
+    return fetched
+
+
+def _failed(node: Node, status: int) -> str:
+    log = (NODE_LOGS / f"{node.name}.log").as_posix()
+    return f"node {node.name} (rank {node.rank}, {node.address}) failed (exit {status}); its log: {log}"
+
+
+def _wait_for_workers(workers: list[Node], poll_s: float) -> None:
+    """Until every worker's run has ended; the first that failed is named."""
+    pending, since = list(workers), time.monotonic()
+    while pending:
+        for node in list(pending):
+            status = _exit_status(node)
+            if status is None:
+                continue
+            pending.remove(node)
+            if status != 0:
+                raise ChameleonError(f"remote: {_failed(node, status)}; the run did not complete")
+            print(f"remote: node {node.name} (rank {node.rank}) finished")
+        if pending and time.monotonic() - since > WORKER_GRACE_S:
+            names = ", ".join(node.name for node in pending)
+            raise ChameleonError(f"remote: node(s) {names} still running {WORKER_GRACE_S:.0f} s after the "
+                                 "first node finished; see logs/nodes/")
+        if pending:
+            time.sleep(poll_s)
+
+
+def _stop_workers(workers: list[Node]) -> str:
+    """After the first node failed: a worker that failed first is the cause; the rest are stopped
+    (else they wait out torchrun's rendezvous)."""
+    cause = ""
+    for node in workers:
+        status = _exit_status(node)
+        if status is None:
+            node.runner.status(f"docker rm -f {_container_name(node)} >/dev/null 2>&1")
+        elif status != 0 and not cause:
+            cause = f"; {_failed(node, status)}"
+    return cause
+
+
+def _run_nodes(nodes: list[Node], poll_s: float) -> list[dict[str, object]]:
+    """Workers first (in the background), then the pipeline on the first node, then the workers'
+    ends. Returns what each node ran: its command line and the rendezvous address."""
+    if len(nodes) == 1:
+        line = _in_container()
+        nodes[0].runner.run(line)
+        return [{"name": nodes[0].name, "rank": 0, "command": line.removeprefix(f"cd {PROJECT} && ")}]
+    master = nodes[0].address
+    ran = []
+    for node in nodes[1:]:
+        line = _start_worker(node, master)
+        print(f"remote: node {node.name} (rank {node.rank}) started: {line}", flush=True)
+        ran.append({"name": node.name, "rank": node.rank, "command": line, "master_addr": master})
+    first = _in_container(env=_rendezvous(0, master))
+    print(f"remote: node {nodes[0].name} (rank 0, rendezvous at {master}) runs the pipeline: "
+          + first.removeprefix(f"cd {PROJECT} && "), flush=True)
+    try:
+        nodes[0].runner.run(first)
+    except ChameleonError as error:
+        cause = _stop_workers(nodes[1:])
+        fetch_node_logs(nodes)
+        raise ChameleonError(f"{error} (node {nodes[0].name}, rank 0){cause}") from None
+    try:
+        _wait_for_workers(nodes[1:], poll_s)
+    finally:
+        fetch_node_logs(nodes)
+    first_ran = {"name": nodes[0].name, "rank": 0, "command": first.removeprefix(f"cd {PROJECT} && "),
+                 "master_addr": master}
+    return [first_ran, *ran]
 
 
 def remote_run(config: dict) -> None:
-    """The pipeline on the node, then what must outlive the node: the MLflow run exported to a
-    folder (collect imports it here) and the DVC outputs pushed to the outliving remote."""
+    """The pipeline on the node (on several: see the module's docstring), then what must outlive
+    the node: the MLflow run exported to a folder (collect imports it here) and the DVC outputs
+    pushed to the outliving remote."""
+    import launch
     import object_store
 
-    settings(config)
+    cham = settings(config)
     state = read_state()
     remote = state.get("dvc_remote")
     if remote is None:
         raise ChameleonError("remote: the node is not configured; run `snakemake -c1 configure` first")
-    node = runner()
+    nodes = cluster()
+    nnodes = int(launch.shape(config["train"])["nnodes"])
+    if len(nodes) != nnodes:  # provisioned for another config
+        raise ChameleonError(f"remote: the state file names {len(nodes)} node(s), train.distributed.nnodes "
+                             f"is {nnodes}; run `snakemake -c1 teardown`, then provision again with "
+                             f"chameleon.count: {nnodes}")
+    node = nodes[0].runner
     started = time.time()
-    node.run(_in_container())
+    ran = _run_nodes(nodes, cham["poll_seconds"])
     node.run(_in_container("python workflow/scripts/run_copy.py export"))
     with tempfile.TemporaryDirectory() as tmp:
         node.get(f"{PROJECT}/results/run.json", Path(tmp) / "run.json")
@@ -201,7 +416,7 @@ def remote_run(config: dict) -> None:
     on_node_only = [f"MLflow run {run['run_id']}", "results/", "dvc.lock"]
     record = {"commit": _git("rev-parse", "HEAD"), "run_id": run["run_id"], "collected": False,
               "started_at": _iso(started), "finished_at": _iso(time.time()), "pushed": False,
-              "unsaved": [*on_node_only, "models, data/raw, data/prepared (not pushed)"]}
+              "unsaved": [*on_node_only, "models, data/raw, data/prepared (not pushed)"], "nodes": ran}
     state["remote_run"] = record
     write_state(state)  # from here on, teardown refuses until collect brings everything back
     if not remote["name"]:
@@ -253,6 +468,7 @@ def collect(config: dict) -> dict:
             _fetch(node, rel)
         how = "copied over SSH (they were not pushed)"
     ids = _import_run(config, record)
+    logs = fetch_node_logs(cluster())
     sys.path.insert(0, str(Path(__file__).parent))
     from stages import commit_complete_stages, date_in_pipeline_order
 
@@ -263,6 +479,8 @@ def collect(config: dict) -> dict:
     metrics = json.loads((ROOT / "results" / "metrics.json").read_text())
     print(f"remote: collected: results, dvc.lock, DVC outputs {how}; MLflow run {record['run_id']} is run "
           f"{ids['run_id']} in {ids['tracking_uri']}; accuracy {metrics.get('accuracy')}")
+    if logs:
+        print("remote: the other nodes' logs: " + ", ".join(log.relative_to(ROOT).as_posix() for log in logs))
     return ids
 
 

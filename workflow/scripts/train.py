@@ -1,10 +1,17 @@
-"""train: fit the model on the prepared split, deterministically; save it and its per-epoch history."""
+"""train: fit the model on the prepared split, deterministically; save it and its per-epoch history.
 
+One process trains here; with train.distributed asking for more, torchrun runs them (launch.py,
+train_rank.py) and rank 0 writes the same files.
+"""
+
+import launch
 from _step import ROOT, keeping_last_good, project, write_json
 from preflight import tracking_server
 
 config, train = project("train")
 tracking_server(config["tracking"])  # under `dvc repro` too: fail before hours of training
 with keeping_last_good("train", ROOT / "models") as staging:
-    history = train.train(ROOT / "data" / "prepared", staging, config)
-write_json("results/history.json", history)
+    if launch.is_distributed(config["train"]):
+        launch.run_node(config["train"], staging)  # rank 0 writes results/history.json
+    else:
+        write_json("results/history.json", train.train(ROOT / "data" / "prepared", staging, config))

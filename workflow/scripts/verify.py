@@ -6,6 +6,7 @@ difference in parameters, data or code fails even when every metric agrees, one 
 """
 
 import sys
+from importlib import import_module
 
 from _step import ROOT, project, write_json
 from stages import record_sources
@@ -15,7 +16,7 @@ result = verify.compare(ROOT, config)
 write_json("results/verify.json", result)
 verify.plot_curves(ROOT, ROOT / "results" / "curves.png")
 (ROOT / "results" / "report.md").write_text(verify.markdown(result))
-project("tracking")[1].link_report(ROOT, config, result)
+import_module(f"{verify.__package__}.tracking").link_report(ROOT, config, result)  # config checked once
 record_sources(ROOT)  # the reference this run was compared with (see stages.refresh_directory_stamps)
 
 if result["status"] == "no-reference":

@@ -23,6 +23,16 @@ and may provide:
     predict_proba(fitted, x)         (rows, n_classes) probabilities; log_loss only when present
     seed(value)                      seed the framework's global state (Python's and NumPy's are
                                      seeded for every model)
+    DISTRIBUTED = True               literal: fit() trains under torch.distributed (DDP). With
+                                     train.distributed asking for more than one process, torchrun
+                                     starts one process per rank (workflow/scripts/launch.py, never
+                                     the model) and initialises the process group before fit(); fit()
+                                     then wraps its network in DistributedDataParallel and trains on
+                                     its rank's shard of every epoch's order: all ranks draw the same
+                                     order from `seed`; rank r takes entries r, r+W, ... (W the world
+                                     size, torch.distributed.get_world_size()). Every rank returns
+                                     the same fitted model; rank 0 alone saves it. Without this name
+                                     the config check refuses train.distributed, naming it.
     runtime(train) -> dict           facts about how fit() computed (device, device_name,
                                      precision, versions), for models/training.json and the tags
     log_to_mlflow(fitted, pip_requirements, example)
@@ -53,6 +63,36 @@ def check(model: ModuleType) -> ModuleType:
         raise ContractError(f"{model.__file__}: model.py must define {', '.join(missing)} "
                             f"(see {Path(__file__).name} for the contract)")
     return model
+
+
+# One training process: what a run without train.distributed records.
+SINGLE = {"rank": 0, "world_size": 1, "backend": "none", "nnodes": 1, "nproc_per_node": 1}
+
+
+def check_distributed(model: ModuleType, process: dict[str, Any]) -> None:
+    """More than one process needs a model that declares DISTRIBUTED = True (the config check
+    refuses it first; this guards a model.py edited since)."""
+    if process["world_size"] > 1 and getattr(model, "DISTRIBUTED", False) is not True:
+        raise ContractError(f"{model.__file__}: train.distributed asks for {process['world_size']} "
+                            "processes, but model.py does not declare DISTRIBUTED = True (its fit() "
+                            f"must train its rank's shard under DDP; see {Path(__file__).name})")
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of Python, NumPy and the framework in process `rank`: seed + rank, so random layers
+    (dropout) differ across ranks. The weights still start as rank 0's (DDP broadcasts them) and
+    the data order is drawn from `seed` on every rank; one process is seeded with `seed` itself."""
+    return seed + rank
+
+
+def distributed_record(process: dict[str, Any], seed: int) -> dict[str, Any]:
+    """How the processes trained together, for models/training.json and the run's tags."""
+    world = int(process["world_size"])
+    return {**{key: process[key] for key in ("world_size", "backend", "nnodes", "nproc_per_node")},
+            "rank_seeds": [rank_seed(seed, rank) for rank in range(world)],
+            "data_order_seed": seed,
+            "data_shard": "rank r of W: entries r, r+W, r+2W, ... of each epoch's order (padded to "
+                          "a multiple of W with its first entries)" if world > 1 else "all"}
 
 
 def defaults(model: ModuleType) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from . import contract, data, model, provenance
+# model.py (and its framework, torch: a second to import) is imported where the model is used,
+# not here: verify reads run_params from this module without touching the model.
+from . import contract, data, provenance
 
 SECRET_KEYS = ("password", "secret", "token", "key")
 
@@ -115,6 +117,9 @@ def bound_http(tracking: dict[str, Any]) -> dict[str, int]:
         # record_run prints it itself.
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     })
+    # start_run asks whether a Databricks job wants its run resumed, importing IPython to find
+    # out (up to a second); these runs never start on Databricks. Set to true there to keep it.
+    os.environ.setdefault("MLFLOW_ENABLE_SGC_RUN_RESUMPTION_FOR_DATABRICKS_JOBS", "false")
     import logging
 
     # urllib3 logs a warning per retry ("Retrying (Retry(total=2, ...))"): the failure is reported
@@ -187,8 +192,45 @@ def run_params(config: dict[str, Any]) -> dict[str, Any]:
     out. The config check refuses keys nobody reads, so nothing here is a setting the run ignored;
     the rest of the config (storage, verify, chameleon) is the provenance/config.yaml artifact."""
     return {"seed": config["seed"], "data": config["data"],
-            "prepare": data.split_settings(config["prepare"]), "train": config["train"],
-            "model": contract.params(model, config)}
+            "prepare": data.split_settings(config["prepare"]), "train": _train_params(config["train"]),
+            "model": contract.params(_declared_model(), config)}
+
+
+def _train_params(train: dict[str, Any]) -> dict[str, Any]:
+    """train as it shapes the result: train.distributed with its schema defaults, without the
+    rendezvous port (a launch detail), and left out for one process, which trains exactly as
+    without it; so writing a default or moving the port never fails a strict verify."""
+    train = dict(train)
+    written = train.pop("distributed", None)
+    if written:
+        schema = json.loads((Path(__file__).parents[2] / "workflow" / "schemas" / "config.schema.json")
+                            .read_text())["properties"]["train"]["properties"]["distributed"]
+        shape = {key: rule["default"] for key, rule in schema["properties"].items()} | written
+        shape.pop("master_port", None)
+        if int(shape["nnodes"]) * int(shape["nproc_per_node"]) > 1:
+            train["distributed"] = shape
+    return train
+
+
+def _declared_model() -> Any:
+    """model.py for its CONFIG_SCHEMA: the module when imported already, else that literal read
+    from the file (the config check refuses a model.py whose CONFIG_SCHEMA is not a literal)."""
+    import ast
+    import sys
+    import types
+
+    loaded = sys.modules.get(f"{__package__}.model")
+    if loaded is not None:
+        return loaded
+    for node in ast.parse(Path(__file__).with_name("model.py").read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
+            node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == "CONFIG_SCHEMA" and node.value is not None:
+            with contextlib.suppress(ValueError, TypeError, SyntaxError):
+                return types.SimpleNamespace(CONFIG_SCHEMA=ast.literal_eval(node.value))
+    from . import model
+
+    return model
 
 
 def _experiment(client: Any, root: Path, config: dict[str, Any]) -> str:
@@ -214,6 +256,37 @@ def _experiment(client: Any, root: Path, config: dict[str, Any]) -> str:
 
 def _read(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+PLACEMENT = Path("logs") / "placement"
+
+
+def placements(root: Path) -> dict[str, dict[str, Any]]:
+    """Where each step ran, as the steps recorded it when they started (logs/placement/<step>.json,
+    workflow/scripts/placement.py): host, SLURM job, nodes, GPUs; a step not rerun keeps its record."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted((root / PLACEMENT).glob("*.json")):
+        try:
+            records[path.stem] = _read(path)
+        except ValueError:  # cut short by a killed step: that step reran, or its record is moot
+            continue
+    return records
+
+
+def placement_tags(records: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """reprostack.step.<step>.host, .slurm_job_id (under SLURM), .nodes, .gpus_per_node; for a
+    distributed train step also .nnodes and .nproc_per_node."""
+    tags: dict[str, str] = {}
+    for step, record in records.items():
+        prefix = f"reprostack.step.{step}."
+        tags[f"{prefix}host"] = str(record.get("host", ""))
+        if record.get("slurm_job_id"):
+            tags[f"{prefix}slurm_job_id"] = str(record["slurm_job_id"])
+        tags[f"{prefix}nodes"] = str(record.get("nodes", 1))
+        tags[f"{prefix}gpus_per_node"] = str(record.get("gpus_per_node", 0))
+        for key, value in (record.get("distributed") or {}).items():
+            tags[f"{prefix}{key}"] = str(value)
+    return tags
 
 
 def _datasets(root: Path, data_record: dict[str, Any]) -> list[tuple[Any, str]]:
@@ -313,6 +386,8 @@ def _log_model(root: Path, run_id: str, fitted: Any, requirements: list[str],
     for a model without one, as a logged model whose artifacts are the files save() wrote."""
     import mlflow
 
+    from . import model
+
     if hasattr(model, "log_to_mlflow"):
         model.log_to_mlflow(fitted, requirements, example)
         return _model_id()
@@ -350,11 +425,15 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """
     tracking = config["tracking"]
     bound_http(tracking)
+    results = root / "results"
+    environment = _read(results / "environment.json")
     started = time.perf_counter()
     git = provenance.git_state(root)
     launcher = provenance.front_end()
-    versions = provenance.tool_versions()
-    frozen = provenance.freeze()
+    # The package list is the environment step's record (checked against the lock, and an input
+    # of this step): read once per run, not again here.
+    versions = provenance.tool_versions(environment["packages"])
+    frozen = provenance.freeze(environment["packages"])
     provenance_seconds = time.perf_counter() - started
 
     import mlflow
@@ -362,13 +441,14 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.tracking import MlflowClient
 
-    results = root / "results"
-    environment = _read(results / "environment.json")
+    from . import model
+
     data_record = _read(results / "data.json")
     metrics = _read(results / "metrics.json")
     history = _read(results / "history.json")
     training = _read(root / "models" / "training.json")
     image = _read(results / "image.json")
+    where_ran = placements(root)
 
     relocate_store(root, tracking)
     uri = tracking_uri(root, tracking)
@@ -403,6 +483,9 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "hardware.gpu": gpu_names,
         "hardware.os": environment["os"]["name"],
         "python.version": environment["python"]["version"],
+        # Every fact of models/training.json: versions, compile, the world size, backend and
+        # seeds per rank of a distributed run (train.distributed.*); the named ones below as before.
+        **flatten(training, "train."),
         "train.device": training["device"],
         "train.device_name": training["device_name"],
         "train.precision": training["precision"],
@@ -414,6 +497,7 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         "image.id": image.get("id", ""),
         "image.repo_digests": ",".join(image.get("repo_digests", [])),
         "provenance.seconds": f"{provenance_seconds:.3f}",
+        **placement_tags(where_ran),
         **{f"version.{name}": version for name, version in versions.items()},
     }
     params = flatten(run_params(config))
@@ -452,7 +536,9 @@ def record_run(root: Path, config: dict[str, Any]) -> dict[str, Any]:
                 (folder / "pip-freeze.txt").write_text(frozen, encoding="utf-8")
                 (folder / "run.json").write_text(
                     json.dumps({**run_info, **launcher, "versions": versions}, indent=2, default=str))
+                (folder / "placement.json").write_text(json.dumps(where_ran, indent=2, sort_keys=True))
                 files = [folder / "git.diff", folder / "pip-freeze.txt", folder / "run.json",
+                         folder / "placement.json",
                          results / "environment.json", results / "data.json", results / "image.json",
                          results / "metrics.json", results / "history.json",
                          root / "models" / "training.json", root / "data" / "prepared" / "meta.json",

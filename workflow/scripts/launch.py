@@ -1,0 +1,152 @@
+"""How training is launched: one process, or torchrun (DDP) over processes and nodes.
+
+The launch lives here, outside the model code, so any model that follows the contract scales out
+the same way. `train.distributed` in config/config.yaml holds the shape (nodes, processes per
+node, backend, port); the node's own place in it comes from the environment, because it differs
+per node while the config is one file:
+
+    REPROSTACK_NODE_RANK     this node's rank (0 on the node that runs the pipeline; default 0)
+    REPROSTACK_MASTER_ADDR   the first node's address, where torchrun rendezvous (default 127.0.0.1)
+
+The pipeline's train step runs torchrun as node 0. On a multi-node lease every other node runs
+`python workflow/scripts/launch.py --node-rank I --master-addr ADDR` (remote_run starts it), which
+runs the same torchrun command line with its own rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RANK_SCRIPT = "workflow/scripts/train_rank.py"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.json"
+
+
+def _schema_defaults() -> dict[str, Any]:
+    """train.distributed's defaults, as the config schema states them (their one owner)."""
+    import json
+
+    section = json.loads(SCHEMA.read_text())["properties"]["train"]["properties"]["distributed"]
+    return {key: rule["default"] for key, rule in section["properties"].items()}
+
+
+DEFAULTS = _schema_defaults()  # {"nnodes": 1, "nproc_per_node": 1, "backend": "auto", "master_port": 29500}
+
+
+def shape(train: dict[str, Any]) -> dict[str, Any]:
+    """train.distributed with its defaults filled in."""
+    return {**DEFAULTS, **(train.get("distributed") or {})}
+
+
+def world_size(train: dict[str, Any]) -> int:
+    dist = shape(train)
+    return int(dist["nnodes"]) * int(dist["nproc_per_node"])
+
+
+def is_distributed(train: dict[str, Any]) -> bool:
+    """More than one training process in all: torchrun launches them."""
+    return world_size(train) > 1
+
+
+def node_rank() -> int:
+    return int(os.environ.get("REPROSTACK_NODE_RANK", "0"))
+
+
+def master_addr() -> str:
+    return os.environ.get("REPROSTACK_MASTER_ADDR", "127.0.0.1")
+
+
+def local_threads(train: dict[str, Any]) -> int:
+    """CPU threads training takes on this node: its processes times train.num_threads each."""
+    return int(shape(train)["nproc_per_node"]) * int(train.get("num_threads", 1))
+
+
+def cuda_wanted(train: dict[str, Any]) -> bool:
+    """Whether training computes on CUDA (train.device auto with a GPU visible, or cuda)."""
+    if train.get("device", "auto") == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def backend(train: dict[str, Any]) -> str:
+    """The torch.distributed backend: nccl on CUDA, gloo on the CPU (auto), or the one asked for;
+    nccl without a visible GPU is refused in one line (the config check cannot see the GPUs)."""
+    asked = shape(train)["backend"]
+    cuda = cuda_wanted(train)
+    if asked == "nccl" and not cuda:
+        raise SystemExit("train.distributed.backend: 'nccl' needs a CUDA GPU, but none is visible "
+                         f"(train.device {train.get('device', 'auto')!r}); accepted here: gloo or auto")
+    if asked == "auto":
+        return "nccl" if cuda else "gloo"
+    return str(asked)
+
+
+def run_node(train: dict[str, Any], models: Path | None, env: dict[str, str] | None = None) -> None:
+    """Run this node's torchrun (node REPROSTACK_NODE_RANK, rendezvous at REPROSTACK_MASTER_ADDR)
+    and wait; rank 0 writes the model into `models` (REPROSTACK_MODELS_DIR) and results/history.json.
+    The processes' output goes through this process, so the step's log holds it; a failed process
+    is one line naming torchrun's exit status."""
+    import subprocess
+
+    chosen = backend(train)  # refused before any process starts
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_NUM_THREADS", str(int(train.get("num_threads", 1))))  # torchrun's own warning
+    if models is not None:
+        env["REPROSTACK_MODELS_DIR"] = str(models)
+    argv = torchrun_argv(train, node_rank(), master_addr())
+    dist = shape(train)
+    print(f"train: torchrun, {world_size(train)} processes ({dist['nnodes']} node(s) x "
+          f"{dist['nproc_per_node']}), backend {chosen}, node {node_rank()}", flush=True)
+    with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        assert proc.stdout is not None
+        port_taken = False
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            port_taken = port_taken or ("EADDRINUSE" in line and node_rank() == 0)
+    if port_taken:
+        raise SystemExit(f"train.distributed.master_port: {dist['master_port']} is in use on this "
+                         "machine (another training?); accepted: a free port (1-65535). The last good "
+                         "models/ was kept")
+    if proc.returncode != 0:
+        raise SystemExit(f"train: torchrun exited with status {proc.returncode} (the lines above say "
+                         "which process failed and why); the last good models/ was kept")
+
+
+def torchrun_argv(train: dict[str, Any], rank: int, addr: str, script: str = RANK_SCRIPT) -> list[str]:
+    """The torchrun command line for node `rank` (static rendezvous at addr:master_port)."""
+    dist = shape(train)
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", str(int(dist["nnodes"])),
+        "--nproc-per-node", str(int(dist["nproc_per_node"])),
+        "--node-rank", str(rank),
+        "--master-addr", addr,
+        "--master-port", str(int(dist["master_port"])),
+        script,
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A worker node's half of a multi-node run: the same torchrun line, this node's rank."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--node-rank", type=int, required=True)
+    parser.add_argument("--master-addr", required=True)
+    args = parser.parse_args(argv)
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    argv_ = torchrun_argv(config["train"], args.node_rank, args.master_addr)
+    os.chdir(ROOT)
+    os.execv(argv_[0], argv_)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
