@@ -139,14 +139,16 @@ def _irreplaceable(dst: Path) -> str | None:
         return "a mount point"
     if dst == template or dst in template.parents:
         return "the reprostack template or a folder holding it"
-    if template in dst.parents and not _ignored(template, dst):
-        return "inside the reprostack template (only its git-ignored folders, such as build/, are replaced)"
+    if template in dst.parents and not (_ignored(template, dst) and (dst / ".copier-answers.yml").is_file()):
+        return ("inside the reprostack template (only an earlier project in a git-ignored folder, such "
+                "as build/example, is replaced)")
     return None
 
 
 def _ignored(checkout: Path, path: Path) -> bool:
-    """Whether git ignores `path` in `checkout`: scratch space (build/), never the template's own files.
-    A template that is not a git checkout (an installed package) has none."""
+    """Whether git ignores `path` in `checkout`: scratch space (build/), never the template's own
+    files. A template that is not a git checkout (an installed package) has none. Even there only
+    an earlier project is replaced, never .venv/ or bench/results/."""
     proc = subprocess.run(["git", "-C", str(checkout), "check-ignore", "-q", str(path)],
                           capture_output=True, check=False)
     return proc.returncode == 0

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, generate, make_env
+from conftest import Project, generate, make_env, run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
@@ -69,6 +70,73 @@ def test_nccl_without_a_gpu_is_refused_before_training() -> None:
         launch.backend({"device": "auto", "distributed": {"nproc_per_node": 2, "backend": "nccl"}})
 
 
+def test_several_nodes_without_the_others_started_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnodes 2 on node 0 with nothing that started the other nodes: one line, before torchrun."""
+    def no_torchrun(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torchrun started")
+
+    monkeypatch.setattr(launch, "node_env", no_torchrun)
+    train = {"device": "cpu", "distributed": {"nnodes": 2, "nproc_per_node": 1}}
+    for env in ({}, {"REPROSTACK_MASTER_ADDR": ""}):
+        with pytest.raises(SystemExit) as refused:
+            launch.run_node(train, None, env=env)
+        assert str(refused.value) == (
+            "train.distributed.nnodes: 2 needs the other 1 node(s) started (python "
+            "workflow/scripts/launch.py --node-rank I --master-addr ADDR on each) and "
+            "REPROSTACK_MASTER_ADDR set here; accepted: nnodes 1, or a Chameleon lease with "
+            "chameleon.count: 2 (snakemake remote_run)")
+    # With the rendezvous address set (remote_run sets it on the first node), it goes on.
+    with pytest.raises(AssertionError, match="torchrun started"):
+        launch.run_node(train, None, env={"REPROSTACK_MASTER_ADDR": "10.0.0.5"})
+
+
+def test_more_processes_than_gpus_are_refused_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA each process takes a GPU of its own: more processes than visible GPUs is one line
+    naming the key, the value and the count (not an invalid device ordinal from every rank)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for backend in ("auto", "nccl", "gloo"):
+        train = {"device": "auto", "distributed": {"nproc_per_node": 3, "backend": backend}}
+        with pytest.raises(SystemExit) as refused:
+            launch.backend(train)
+        assert str(refused.value) == (
+            "train.distributed.nproc_per_node: 3 processes on this node need one CUDA GPU each, "
+            "but 2 GPU(s) are visible; accepted: nproc_per_node at most 2, or train.device: cpu (gloo)")
+    assert launch.backend({"device": "auto", "distributed": {"nproc_per_node": 2}}) == "nccl"
+    assert launch.backend({"device": "cpu", "distributed": {"nproc_per_node": 3}}) == "gloo"
+
+
+def test_a_worker_node_checks_and_sets_what_node_0_does(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch.py --node-rank I (a worker node) refuses what run_node refuses and gives torchrun the
+    same environment (OMP_NUM_THREADS from train.num_threads)."""
+    yaml = pytest.importorskip("yaml")
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "config").mkdir()
+    config = tmp_path / "config" / "config.yaml"
+    monkeypatch.setattr(launch, "ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    started = []
+    monkeypatch.setattr(launch.os, "execve", lambda path, argv, env: started.append((argv, env)))
+
+    train = {"device": "auto", "num_threads": 3,
+             "distributed": {"nnodes": 2, "nproc_per_node": 2, "backend": "nccl", "master_port": 29612}}
+    config.write_text(yaml.safe_dump({"train": train}))
+    with pytest.raises(SystemExit, match=r"^train.distributed.backend: 'nccl' needs a CUDA GPU"):
+        launch.main(["--node-rank", "1", "--master-addr", "10.0.0.5"])
+    assert not started
+
+    train["distributed"]["backend"] = "gloo"
+    config.write_text(yaml.safe_dump({"train": train}))
+    launch.main(["--node-rank", "1", "--master-addr", "10.0.0.5"])
+    ((argv, env),) = started
+    assert argv == launch.torchrun_argv(train, 1, "10.0.0.5")
+    assert env["OMP_NUM_THREADS"] == "3"
+
+
 def test_config_check_names_what_cannot_scale_out(projects: dict[str, Project]) -> None:
     pytorch, sklearn = projects["pytorch"], projects["sklearn"]
     assert refusal(pytorch, distributed={"nproc_per_node": 2, "backend": "gloo"}, compile=True) is None
@@ -98,6 +166,27 @@ def test_config_check_names_what_cannot_scale_out(projects: dict[str, Project]) 
         assert refusal(pytorch, distributed={"nproc_per_node": 1}) is None
     finally:
         model.write_text(original)
+
+
+# Imported by every Python process of the failing run (PYTHONPATH): rank 1 of train_rank.py waits,
+# once done, until rank 0 has written its staged history, then fails.
+FAIL_RANK_1 = """
+import atexit, os, sys, time
+
+def _fail():
+    if os.environ.get("RANK") != "1" or not sys.argv[0].endswith("train_rank.py"):
+        return
+    staged = os.environ.get("REPROSTACK_HISTORY", "")
+    for _ in range(1200):
+        if staged and os.path.exists(staged):
+            break
+        time.sleep(0.1)
+    with open(os.environ["FAILED_RANK_SAW"], "w") as saw:
+        saw.write("history staged\\n" if staged and os.path.exists(staged) else "no history\\n")
+    os._exit(3)
+
+atexit.register(_fail)
+"""
 
 
 def tags(project: Project, run_id: str) -> dict[str, str]:
@@ -157,6 +246,22 @@ def test_two_gloo_processes_through_snakemake(tmp_path: Path, env: dict[str, str
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith(
         f"train.distributed.master_port: {port} is in use on this machine")
     assert model_files(first) == model_files(second)
+
+    # Rank 1 fails after rank 0 wrote the model and the history (staged) of another training (3
+    # epochs): models/ and results/history.json both stay as they were, to the byte.
+    before = model_files(first), (first.path / "results" / "history.json").read_bytes()
+    first.set_config("model.epochs", 3)
+    hook = tmp_path / "failing-rank"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAIL_RANK_1)
+    env = {**first.env, "PYTHONPATH": f"{hook}{os.pathsep}{first.env.get('PYTHONPATH', '')}",
+           "FAILED_RANK_SAW": str(tmp_path / "rank1.txt")}
+    proc = run(["python", "workflow/scripts/train.py"], first.path, env, check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith(
+        "train: torchrun exited with status"), proc.stdout + proc.stderr
+    assert (tmp_path / "rank1.txt").read_text() == "history staged\n"  # rank 0 had written it
+    assert (model_files(first), (first.path / "results" / "history.json").read_bytes()) == before
+    assert not list(first.path.glob(".models.*")), "the staging folder is cleaned up"
 
 
 @pytest.mark.slow

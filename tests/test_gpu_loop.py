@@ -94,6 +94,22 @@ def test_shard_splits_every_epoch_evenly() -> None:
     assert sorted(torch.cat(shards).tolist()) == sorted(order.tolist() + order[:1].tolist())
 
 
+def test_shard_pads_a_world_larger_than_twice_the_rows() -> None:
+    """More processes than rows: the order repeats (as DistributedSampler pads it), every rank
+    gets one row, and each row goes to ranks in turn."""
+    model_py = gpu_loop.load_model()
+    order = torch.tensor([4, 0, 2])
+    for world in (7, 8, 3 * 5 + 1):
+        shards = [model_py.shard(order, rank, world) for rank in range(world)]
+        assert [len(s) for s in shards] == [1] * world
+        assert torch.cat(shards).tolist() == (order.tolist() * world)[:world]
+    # No more than twice the rows: as before (the first entries once).
+    assert torch.equal(torch.cat([model_py.shard(order, rank, 5) for rank in range(5)]),
+                       torch.tensor([4, 0, 2, 4, 0]))
+    with pytest.raises(ValueError, match="no rows"):
+        model_py.shard(torch.tensor([], dtype=torch.int64), 0, 2)
+
+
 def test_bench_compares_the_loops_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_loop.py"), "--device", "cpu",

@@ -107,6 +107,21 @@ def test_a_recorded_hash_holds_only_while_the_file_is_unchanged(data: ModuleType
     assert data.manifest(tmp_path) == {"f.csv": hashlib.sha256(b"a,b\n1,3\n").hexdigest()}
 
 
+def test_a_pulled_file_is_checked_against_its_pin_on_its_bytes(data: ModuleType, tmp_path: Path) -> None:
+    """A recorded hash that names the pin (forged, or stale within one clock tick) does not pass a
+    file whose bytes differ."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "t.csv").write_bytes(b"x,label\n1,0\n")
+    pin = hashlib.sha256(b"x,label\n2,0\n").hexdigest()
+    data.record_sha256(raw / "t.csv", pin)
+    cfg = {"source": "url", "url": "https://example.org/t.csv", "sha256": pin, "target": "label"}
+    with pytest.raises(data.DataError, match=r"^data.sha256: pulled t.csv has sha256 [0-9a-f]{64}, expected"):
+        data.describe(cfg, raw)
+    (raw / "t.csv").write_bytes(b"x,label\n2,0\n")
+    assert data.describe(cfg, raw)["files"] == {"t.csv": pin}
+
+
 @contextmanager
 def https_gated(body: bytes, staged: Path, cert: Path, key: Path) -> Iterator[str]:
     """Serve `body` over HTTPS, sending its second half only once the client has written most of the

@@ -223,12 +223,15 @@ def test_force_replaces_scratch_inside_a_checkout_but_never_the_template(
     checkout = tmp_path / "checkout"
     (checkout / "templates" / "project").mkdir(parents=True)
     (checkout / "build" / "example").mkdir(parents=True)
-    (checkout / ".gitignore").write_text("/build/\n")
+    (checkout / "build" / "example" / ".copier-answers.yml").write_text("_src_path: .\n")
+    (checkout / ".venv").mkdir()
+    (checkout / ".gitignore").write_text("/build/\n/.venv/\n")
     subprocess.run(["git", "init", "-q", str(checkout)], check=True)
     monkeypatch.setattr(gen, "template_root", lambda: checkout)
     monkeypatch.chdir("/")
     assert gen._irreplaceable((checkout / "build" / "example").resolve()) is None
-    inside = gen._irreplaceable((checkout / "templates" / "project").resolve())
-    assert inside is not None and "inside the reprostack template" in inside
+    for kept in ("templates/project", ".venv"):  # the template's files; ignored, but not a project
+        inside = gen._irreplaceable((checkout / kept).resolve())
+        assert inside is not None and "inside the reprostack template" in inside
     assert "holding it" in gen._irreplaceable(checkout.resolve())
     assert "holding it" in gen._irreplaceable(tmp_path.resolve())

@@ -4,6 +4,7 @@ in the MLflow run (workflow/scripts/placement.py, tracking.placement_tags)."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -29,6 +30,11 @@ def test_job_resources_come_from_the_cluster_section() -> None:
         "mem_mb": 2000, "runtime": 30, "gpu": 2, "cpus_per_task": 8, "slurm_partition": "gpu"}
     assert job_resources(config, "data") == {"mem_mb": 2000, "runtime": 30, "gpu": 0,
                                              "slurm_partition": "gpu"}
+    # The environment step records the hardware: train's kind of node, unless it names its own.
+    assert job_resources(config, "environment") == job_resources(config, "train")
+    config["cluster"]["steps"]["environment"] = {"cpus": 1}
+    assert job_resources(config, "environment")["cpus_per_task"] == 1
+    assert job_resources(config, "environment")["gpu"] == 2
     config["cluster"]["account"] = "lab"
     assert job_resources(config, "data")["slurm_account"] == "lab"
     assert job_resources({}, "train") == {}  # no cluster section: Snakemake's defaults
@@ -87,7 +93,12 @@ def test_pipeline_as_slurm_jobs_matches_the_local_run(tmp_path: Path, env: dict[
                   "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "4"]
         proc = subprocess.Popen(submit, cwd=project.path, env=cluster.client_env(project.env),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        local.snakemake()  # the same project on this machine, meanwhile
+        # The same project on this machine, meanwhile, holding an earlier run's record of verify
+        # (verify runs after track: the run must get this run's record, not that one).
+        (local.path / "logs" / "placement").mkdir(parents=True, exist_ok=True)
+        (local.path / "logs" / "placement" / "verify.json").write_text(
+            json.dumps({"host": "an-earlier-host", "slurm_job_id": None, "nodes": 1, "gpus_per_node": 0}))
+        local.snakemake()
         out, _ = proc.communicate()
         jobs = {comment.removeprefix("rule_"): (job, partition, state, memory, limit)
                 for job, comment, partition, state, memory, limit in cluster.squeue("%i %k %P %T %m %l")}
@@ -99,7 +110,8 @@ def test_pipeline_as_slurm_jobs_matches_the_local_run(tmp_path: Path, env: dict[
     submitted = dict(re.findall(r"submitted with SLURM jobid \d+ \(log: \S+/rule_(\w+)/(\d+)\.log", out))
     assert set(submitted) == JOB_STEPS == set(jobs), out[-4000:]
     for step, job_id in submitted.items():
-        memory, limit = ("800M", "40:00") if step == "train" else ("500M", "20:00")
+        # environment records the hardware: it asks for the node train asks for.
+        memory, limit = ("800M", "40:00") if step in ("train", "environment") else ("500M", "20:00")
         assert jobs[step] == (job_id, PARTITION, "COMPLETED", memory, limit)
     assert all(f"localrule {step}:" in out for step in LOCAL_STEPS)
 
@@ -112,7 +124,8 @@ def test_pipeline_as_slurm_jobs_matches_the_local_run(tmp_path: Path, env: dict[
     for step in LOCAL_STEPS:
         assert project.json(f"logs/placement/{step}.json")["slurm_job_id"] is None
     assert "reprostack.step.track.slurm_job_id" not in recorded
-    assert recorded["reprostack.step.track.host"] == socket.gethostname()
+    assert recorded["reprostack.step.track.host"] == recorded["reprostack.step.verify.host"] == (
+        socket.gethostname())
     assert (recorded["reprostack.step.train.nodes"], recorded["reprostack.step.train.gpus_per_node"],
             recorded["reprostack.step.train.nnodes"], recorded["reprostack.step.train.nproc_per_node"]
             ) == ("1", "0", "1", "1")
@@ -121,7 +134,7 @@ def test_pipeline_as_slurm_jobs_matches_the_local_run(tmp_path: Path, env: dict[
     local_tags = tags(local)
     hosts = {k.split(".")[2]: v for k, v in local_tags.items()
              if k.startswith("reprostack.step.") and k.endswith(".host")}
-    assert set(hosts) >= JOB_STEPS | {"track"} and set(hosts.values()) == {socket.gethostname()}
+    assert set(hosts) >= JOB_STEPS | LOCAL_STEPS and set(hosts.values()) == {socket.gethostname()}
     assert not [k for k in local_tags if k.endswith(".slurm_job_id")]
     assert project.json("results/metrics.json") == local.json("results/metrics.json")
     assert metrics(project) == metrics(local)

@@ -76,9 +76,10 @@ rule remote_run:
     log:
         "logs/remote_run.log",
     # The pipeline on the node, inside the training container; output streams back. On several
-    # nodes the others start first (prepare, then launch.py joins torchrun at the first node's
-    # private address), each with its own log. Then the MLflow run is exported and the DVC outputs
-    # pushed off the node (the site's object store by default).
+    # nodes, when a dry run on the first says train will run, the others start first (prepare,
+    # then launch.py joins torchrun at the first node's private address), each with its own log.
+    # The run is recorded in the state file as soon as the first node succeeds (teardown then
+    # refuses); then the MLflow run is exported and the DVC outputs pushed off the node.
     localrule: True
     shell:
         "python workflow/scripts/remote.py remote_run"

@@ -974,10 +974,14 @@ def _refuse_uncollected(state: dict[str, Any], force: bool) -> None:
     lost = ", ".join(run.get("unsaved") or []) or "its outputs"
     commit = str(run.get("commit") or "?")[:12]
     what = f"the run that finished on the node at {run.get('finished_at', '?')} (commit {commit})"
+    # provisional: remote_run stopped after the pipeline but before the export; a rerun exports
+    # (train is up to date on the node) and collect then works.
+    first = ("`snakemake -c1 remote_run` (it exports and pushes what the node holds), then `snakemake -c1 "
+             "collect`" if run.get("provisional") else "`snakemake -c1 collect`")
     if not force:
         raise ChameleonError(
             f"chameleon: not tearing down: {what} has not been collected: {lost}; run "
-            f"`snakemake -c1 collect` first, or `snakemake -c1 teardown_force` to release the node "
+            f"{first} first, or `snakemake -c1 teardown_force` to release the node "
             "anyway (those are lost)"
         )
     print(f"chameleon: tearing down anyway (--force): {what} was not collected; lost: {lost}")

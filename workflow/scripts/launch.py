@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,12 @@ def is_distributed(train: dict[str, Any]) -> bool:
     return world_size(train) > 1
 
 
-def node_rank() -> int:
-    return int(os.environ.get("REPROSTACK_NODE_RANK", "0"))
+def node_rank(env: Mapping[str, str] | None = None) -> int:
+    return int((os.environ if env is None else env).get("REPROSTACK_NODE_RANK", "0"))
 
 
-def master_addr() -> str:
-    return os.environ.get("REPROSTACK_MASTER_ADDR", "127.0.0.1")
+def master_addr(env: Mapping[str, str] | None = None) -> str:
+    return (os.environ if env is None else env).get("REPROSTACK_MASTER_ADDR") or "127.0.0.1"
 
 
 def local_threads(train: dict[str, Any]) -> int:
@@ -75,48 +76,78 @@ def cuda_wanted(train: dict[str, Any]) -> bool:
 
 
 def backend(train: dict[str, Any]) -> str:
-    """The torch.distributed backend: nccl on CUDA, gloo on the CPU (auto), or the one asked for;
-    nccl without a visible GPU is refused in one line (the config check cannot see the GPUs)."""
+    """The torch.distributed backend: nccl on CUDA, gloo on the CPU (auto), or the one asked for.
+    Refused in one line, as the config check cannot see the GPUs: nccl without a visible GPU, and
+    training on CUDA with more processes on this node than it has GPUs (one each)."""
     asked = shape(train)["backend"]
     cuda = cuda_wanted(train)
     if asked == "nccl" and not cuda:
         raise SystemExit("train.distributed.backend: 'nccl' needs a CUDA GPU, but none is visible "
                          f"(train.device {train.get('device', 'auto')!r}); accepted here: gloo or auto")
+    if cuda:  # one GPU per process on this node (train_rank.py: cuda:LOCAL_RANK)
+        import torch
+
+        wanted, visible = int(shape(train)["nproc_per_node"]), torch.cuda.device_count()
+        if wanted > visible:
+            raise SystemExit(f"train.distributed.nproc_per_node: {wanted} processes on this node need "
+                             f"one CUDA GPU each, but {visible} GPU(s) are visible; accepted: "
+                             f"nproc_per_node at most {visible}, or train.device: cpu (gloo)")
     if asked == "auto":
         return "nccl" if cuda else "gloo"
     return str(asked)
 
 
-def run_node(train: dict[str, Any], models: Path | None, env: dict[str, str] | None = None) -> None:
-    """Run this node's torchrun (node REPROSTACK_NODE_RANK, rendezvous at REPROSTACK_MASTER_ADDR)
-    and wait; rank 0 writes the model into `models` (REPROSTACK_MODELS_DIR) and results/history.json.
-    The processes' output goes through this process, so the step's log holds it; a failed process
-    is one line naming torchrun's exit status."""
-    import subprocess
-
+def node_env(train: dict[str, Any], env: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """What every node checks and sets before its torchrun, node 0 (run_node) and a worker (main)
+    alike: the backend, refused in one line where this node cannot run it, and the processes'
+    environment (OMP_NUM_THREADS defaults to train.num_threads: torchrun's own warning otherwise)."""
     chosen = backend(train)  # refused before any process starts
     env = dict(os.environ if env is None else env)
-    env.setdefault("OMP_NUM_THREADS", str(int(train.get("num_threads", 1))))  # torchrun's own warning
+    env.setdefault("OMP_NUM_THREADS", str(int(train.get("num_threads", 1))))
+    return chosen, env
+
+
+def run_node(train: dict[str, Any], models: Path | None, env: dict[str, str] | None = None,
+             history: Path | None = None) -> None:
+    """Run this node's torchrun (node REPROSTACK_NODE_RANK, rendezvous at REPROSTACK_MASTER_ADDR)
+    and wait; rank 0 writes the model into `models` (REPROSTACK_MODELS_DIR) and its history into
+    `history` (REPROSTACK_HISTORY): both staged, for the train step to move in once every process
+    has succeeded. The processes' output goes through this process, so the step's log holds it; a
+    failed process is one line naming torchrun's exit status."""
+    import subprocess
+
+    dist = shape(train)
+    given = os.environ if env is None else env
+    if int(dist["nnodes"]) > 1 and not given.get("REPROSTACK_MASTER_ADDR"):
+        nnodes = int(dist["nnodes"])
+        raise SystemExit(f"train.distributed.nnodes: {nnodes} needs the other {nnodes - 1} node(s) "
+                         "started (python workflow/scripts/launch.py --node-rank I --master-addr ADDR "
+                         "on each) and REPROSTACK_MASTER_ADDR set here; accepted: nnodes 1, or a "
+                         f"Chameleon lease with chameleon.count: {nnodes} (snakemake remote_run)")
+    chosen, env = node_env(train, given)
     if models is not None:
         env["REPROSTACK_MODELS_DIR"] = str(models)
-    argv = torchrun_argv(train, node_rank(), master_addr())
-    dist = shape(train)
+    if history is not None:
+        env["REPROSTACK_HISTORY"] = str(history)
+    rank = node_rank(env)
+    argv = torchrun_argv(train, rank, master_addr(env))
     print(f"train: torchrun, {world_size(train)} processes ({dist['nnodes']} node(s) x "
-          f"{dist['nproc_per_node']}), backend {chosen}, node {node_rank()}", flush=True)
+          f"{dist['nproc_per_node']}), backend {chosen}, node {rank}", flush=True)
     with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as proc:
         assert proc.stdout is not None
         port_taken = False
         for line in proc.stdout:
             sys.stdout.write(line)
-            port_taken = port_taken or ("EADDRINUSE" in line and node_rank() == 0)
+            port_taken = port_taken or ("EADDRINUSE" in line and rank == 0)
     if port_taken:
         raise SystemExit(f"train.distributed.master_port: {dist['master_port']} is in use on this "
                          "machine (another training?); accepted: a free port (1-65535). The last good "
                          "models/ was kept")
     if proc.returncode != 0:
         raise SystemExit(f"train: torchrun exited with status {proc.returncode} (the lines above say "
-                         "which process failed and why); the last good models/ was kept")
+                         "which process failed and why); the last good models/ and "
+                         "results/history.json were kept")
 
 
 def torchrun_argv(train: dict[str, Any], rank: int, addr: str, script: str = RANK_SCRIPT) -> list[str]:
@@ -142,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    _, env = node_env(config["train"])  # the same checks and environment as node 0's run_node
     argv_ = torchrun_argv(config["train"], args.node_rank, args.master_addr)
     os.chdir(ROOT)
-    os.execv(argv_[0], argv_)
+    os.execve(argv_[0], argv_, env)
     return 0  # not reached
 
 

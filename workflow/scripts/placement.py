@@ -30,9 +30,14 @@ RESOURCE_NAMES = {"cpus": "cpus_per_task", "mem_mb": "mem_mb", "runtime_min": "r
 
 def job_resources(config: dict[str, Any], rule: str) -> dict[str, Any]:
     """The resources of `rule`'s job: cluster.default, overridden key by key by cluster.steps.<rule>,
-    plus the partition and account when set. Empty without a cluster section."""
+    plus the partition and account when set. Empty without a cluster section.
+
+    The environment step records the hardware the results are computed on (CPU, GPUs), so its job
+    asks for what train's asks for (the same kind of node), then for its own steps.environment."""
     cluster = config.get("cluster") or {}
-    wanted = {**(cluster.get("default") or {}), **((cluster.get("steps") or {}).get(rule) or {})}
+    steps = cluster.get("steps") or {}
+    wanted = {**(cluster.get("default") or {}), **(steps.get("train") or {} if rule == "environment" else {}),
+              **(steps.get(rule) or {})}
     resources = {RESOURCE_NAMES[key]: value for key, value in wanted.items()}
     if cluster.get("partition"):
         resources["slurm_partition"] = cluster["partition"]

@@ -12,11 +12,16 @@ server outside the node already has it). Until collect has run, teardown refuses
 node (the state file's `remote_run` says what is unsaved).
 
 Several nodes (chameleon.count = train.distributed.nnodes > 1): configure prepares each the same
-way; remote_run starts every other node first, in the background with its own log (it prepares the
-data from the same pinned inputs, then `launch.py --node-rank I --master-addr <first node>` joins
-torchrun's rendezvous), then runs the pipeline on the first node (rank 0, which writes every
-result) with REPROSTACK_MASTER_ADDR set to its own private address, then waits for the others and
-names any that failed. Their logs come home as logs/nodes/<name>.log.
+way; remote_run asks the first node (a dry run in the training container) whether train will run:
+if not (up to date, e.g. a rerun after a failed export or push), no other node is started, as
+torchrun would not run for them to join. Otherwise it starts every other node first, in the
+background with its own log (it prepares the data from the same pinned inputs, then `launch.py
+--node-rank I --master-addr <first node>` joins torchrun's rendezvous), then runs the pipeline on
+the first node (rank 0, which writes every result) with REPROSTACK_MASTER_ADDR set to its own
+private address. Once that pipeline has succeeded the run is recorded (teardown refuses from then
+on); a worker that then ends non-zero (or runs on past WORKER_GRACE_S, and is stopped) is a
+warning, named and kept in the record, not a failure: the export and push go on. Their logs come
+home as logs/nodes/<name>.log.
 
 Commands go through a runner: SSH to cc@<floating IP> (the real path; the other nodes through it
 as a jump host, at their private addresses), or, for tests, a local shell in a folder that stands
@@ -28,8 +33,10 @@ never echoed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,7 +45,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from chameleon import ROOT, ChameleonError, check_credentials, read_state, servers, settings, write_state
 
@@ -59,6 +66,10 @@ class Runner:
 
     def status(self, command: str) -> int:
         """The command's exit status; a failure is an answer here, not an error."""
+        raise NotImplementedError
+
+    def output(self, command: str) -> tuple[int, str]:
+        """The command's exit status and what it said (stdout and stderr together)."""
         raise NotImplementedError
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -90,6 +101,11 @@ class SSHRunner(Runner):
     def status(self, command: str) -> int:
         return subprocess.run(["ssh", *self.options, self.target, command]).returncode
 
+    def output(self, command: str) -> tuple[int, str]:
+        proc = subprocess.run(["ssh", *self.options, self.target, command], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return proc.returncode, proc.stdout
+
     def wait_ready(self, timeout_s: float) -> None:
         start = time.monotonic()
         while subprocess.run(["ssh", *self.options, self.target, "true"], capture_output=True).returncode:
@@ -119,9 +135,14 @@ class LocalRunner(Runner):
     def status(self, command: str) -> int:
         return self._bash(command).returncode
 
-    def _bash(self, command: str) -> subprocess.CompletedProcess:
+    def output(self, command: str) -> tuple[int, str]:
+        proc = self._bash(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+        return proc.returncode, proc.stdout
+
+    def _bash(self, command: str, **capture: object) -> subprocess.CompletedProcess:
         home = {**os.environ, "HOME": str(self.home)}
-        return subprocess.run(["bash", "-c", command], cwd=self.home, env=home)
+        return subprocess.run(["bash", "-c", command], cwd=self.home, env=home, **capture)
 
     def put(self, local: Path, remote: str) -> None:
         shutil.copyfile(local, self.home / remote)
@@ -324,24 +345,53 @@ def _failed(node: Node, status: int) -> str:
     return f"node {node.name} (rank {node.rank}, {node.address}) failed (exit {status}); its log: {log}"
 
 
-def _wait_for_workers(workers: list[Node], poll_s: float) -> None:
-    """Until every worker's run has ended; the first that failed is named."""
+def _late(node: Node, what: str) -> str:
+    """A worker that did not end cleanly after the first node's pipeline had succeeded: a warning,
+    not a failure (rank 0 wrote every result, and its run could only finish once every collective
+    had completed), e.g. a worker cut short in torchrun's exit barrier."""
+    log = (NODE_LOGS / f"{node.name}.log").as_posix()
+    return (f"node {node.name} (rank {node.rank}, {node.address}) {what} after the first node's run had "
+            f"succeeded; the run is kept; its log: {log}")
+
+
+def _end_workers(nodes: list[Node], workers: list[Node], poll_s: float) -> list[str]:
+    """Once the first node's pipeline has succeeded: wait for each started worker to end (at most
+    WORKER_GRACE_S; one still running then is stopped) and bring their logs here. A worker that
+    failed is a warning, printed and returned; it never undoes the run on the first node."""
+    warnings: list[str] = []
+
+    def warn(node: Node, what: str) -> None:
+        warnings.append(_late(node, what))
+        print(f"remote: warning: {warnings[-1]}", flush=True)
+
     pending, since = list(workers), time.monotonic()
-    while pending:
-        for node in list(pending):
-            status = _exit_status(node)
-            if status is None:
-                continue
-            pending.remove(node)
-            if status != 0:
-                raise ChameleonError(f"remote: {_failed(node, status)}; the run did not complete")
-            print(f"remote: node {node.name} (rank {node.rank}) finished")
-        if pending and time.monotonic() - since > WORKER_GRACE_S:
-            names = ", ".join(node.name for node in pending)
-            raise ChameleonError(f"remote: node(s) {names} still running {WORKER_GRACE_S:.0f} s after the "
-                                 "first node finished; see logs/nodes/")
-        if pending:
-            time.sleep(poll_s)
+    try:
+        while pending:
+            for node in list(pending):
+                try:
+                    status = _exit_status(node)
+                except (ChameleonError, OSError) as error:
+                    pending.remove(node)
+                    warn(node, f"could not be asked for its exit status ({error})")
+                    continue
+                if status is None:
+                    continue
+                pending.remove(node)
+                if status != 0:
+                    warn(node, f"ended with exit {status}")
+                else:
+                    print(f"remote: node {node.name} (rank {node.rank}) finished", flush=True)
+            if pending and time.monotonic() - since > WORKER_GRACE_S:
+                for node in pending:
+                    node.runner.status(f"docker rm -f {_container_name(node)} >/dev/null 2>&1")
+                    warn(node, f"was still running {WORKER_GRACE_S:.0f} s later and was stopped")
+                pending = []
+            if pending:
+                time.sleep(poll_s)
+    finally:
+        if workers:
+            fetch_node_logs([nodes[0], *workers])
+    return warnings
 
 
 def _stop_workers(workers: list[Node]) -> str:
@@ -357,41 +407,86 @@ def _stop_workers(workers: list[Node]) -> str:
     return cause
 
 
-def _run_nodes(nodes: list[Node], poll_s: float) -> list[dict[str, object]]:
-    """Workers first (in the background), then the pipeline on the first node, then the workers'
-    ends. Returns what each node ran: its command line and the rendezvous address."""
+def _train_check_line(master: str) -> str:
+    """The dry run that says whether the first node's pipeline will run train (and so torchrun, which
+    the workers join), in the container and with the environment the pipeline itself gets."""
+    return _in_container("snakemake --cores all --dry-run --quiet rules", _rendezvous(0, master))
+
+
+def _train_pending(dry_run: str) -> bool:
+    """Whether a `snakemake --dry-run --quiet rules` summary plans the train job (its job stats table has a
+    `train <count>` row; "Nothing to be done" has none)."""
+    return re.search(r"^\s*train\s+\d+\s*$", dry_run, re.MULTILINE) is not None
+
+
+def _ask_train(first: Node, master: str) -> dict[str, object]:
+    """Ask the first node whether train will run; what was asked and the answer, for the record."""
+    line = _train_check_line(master)
+    status, said = first.runner.output(line)
+    if status != 0:
+        last = (said.strip().splitlines() or ["no output"])[-1][:200]
+        raise ChameleonError(f"remote: the dry run on node {first.name} (rank 0) failed (exit {status}): "
+                             f"{last}; no node was started")
+    return {"node": first.name, "command": line.removeprefix(f"cd {PROJECT} && "),
+            "train_runs": _train_pending(said)}
+
+
+class Started(NamedTuple):
+    """What _run_nodes ran: each node's command line, the workers still to wait for, and the
+    train check (several nodes) with the nodes it left idle."""
+
+    ran: list[dict[str, object]]
+    workers: list[Node]
+    train_check: dict[str, object] | None = None
+    skipped: list[dict[str, object]] | None = None
+
+
+def _run_nodes(nodes: list[Node]) -> Started:
+    """Several nodes: ask the first whether train will run; if so, workers first (in the background),
+    then the pipeline on the first node. Returns once the first node's pipeline has succeeded (the
+    workers may still be ending: see _end_workers); raises if it failed, the workers stopped."""
     if len(nodes) == 1:
         line = _in_container()
         nodes[0].runner.run(line)
-        return [{"name": nodes[0].name, "rank": 0, "command": line.removeprefix(f"cd {PROJECT} && ")}]
+        only = {"name": nodes[0].name, "rank": 0, "command": line.removeprefix(f"cd {PROJECT} && ")}
+        return Started([only], [])
     master = nodes[0].address
-    ran = []
-    for node in nodes[1:]:
-        line = _start_worker(node, master)
-        print(f"remote: node {node.name} (rank {node.rank}) started: {line}", flush=True)
-        ran.append({"name": node.name, "rank": node.rank, "command": line, "master_addr": master})
+    check = _ask_train(nodes[0], master)
+    ran, workers, skipped = [], [], []
+    if check["train_runs"]:
+        for node in nodes[1:]:
+            line = _start_worker(node, master)
+            print(f"remote: node {node.name} (rank {node.rank}) started: {line}", flush=True)
+            ran.append({"name": node.name, "rank": node.rank, "command": line, "master_addr": master})
+            workers.append(node)
+    else:
+        why = f"train is up to date on node {nodes[0].name}: torchrun does not run, nothing to join"
+        skipped = [{"name": node.name, "rank": node.rank, "why": why} for node in nodes[1:]]
+        names = ", ".join(f"{node.name} (rank {node.rank})" for node in nodes[1:])
+        print(f"remote: {why}; not started: {names}", flush=True)
     first = _in_container(env=_rendezvous(0, master))
     print(f"remote: node {nodes[0].name} (rank 0, rendezvous at {master}) runs the pipeline: "
           + first.removeprefix(f"cd {PROJECT} && "), flush=True)
     try:
         nodes[0].runner.run(first)
     except ChameleonError as error:
-        cause = _stop_workers(nodes[1:])
-        fetch_node_logs(nodes)
+        cause = _stop_workers(workers)
+        if workers:
+            fetch_node_logs([nodes[0], *workers])
         raise ChameleonError(f"{error} (node {nodes[0].name}, rank 0){cause}") from None
-    try:
-        _wait_for_workers(nodes[1:], poll_s)
-    finally:
-        fetch_node_logs(nodes)
     first_ran = {"name": nodes[0].name, "rank": 0, "command": first.removeprefix(f"cd {PROJECT} && "),
                  "master_addr": master}
-    return [first_ran, *ran]
+    return Started([first_ran, *ran], workers, check, skipped)
 
 
 def remote_run(config: dict) -> None:
     """The pipeline on the node (on several: see the module's docstring), then what must outlive
     the node: the MLflow run exported to a folder (collect imports it here) and the DVC outputs
-    pushed to the outliving remote."""
+    pushed to the outliving remote.
+
+    The state file's `remote_run` is written the moment the first node's pipeline has succeeded
+    (`provisional` until the export ran), so teardown refuses from then on: a worker that fails
+    afterwards, or an export that fails, cannot get a finished run released without --force."""
     import launch
     import object_store
 
@@ -408,20 +503,42 @@ def remote_run(config: dict) -> None:
                              f"chameleon.count: {nnodes}")
     node = nodes[0].runner
     started = time.time()
-    ran = _run_nodes(nodes, cham["poll_seconds"])
-    node.run(_in_container("python workflow/scripts/run_copy.py export"))
-    with tempfile.TemporaryDirectory() as tmp:
-        node.get(f"{PROJECT}/results/run.json", Path(tmp) / "run.json")
-        run = json.loads((Path(tmp) / "run.json").read_text())
-    on_node_only = [f"MLflow run {run['run_id']}", "results/", "dvc.lock"]
-    record = {"commit": _git("rev-parse", "HEAD"), "run_id": run["run_id"], "collected": False,
-              "started_at": _iso(started), "finished_at": _iso(time.time()), "pushed": False,
-              "unsaved": [*on_node_only, "models, data/raw, data/prepared (not pushed)"], "nodes": ran}
+    run_nodes = _run_nodes(nodes)
+    not_pushed = "models, data/raw, data/prepared (not pushed)"
+    on_node = ["results/", "dvc.lock", not_pushed]
+    record: dict[str, Any] = {
+        "commit": _git("rev-parse", "HEAD"), "run_id": None, "collected": False, "provisional": True,
+        "started_at": _iso(started), "finished_at": _iso(time.time()), "pushed": False,
+        "unsaved": ["the MLflow run (not exported)", *on_node], "nodes": run_nodes.ran}
+    if run_nodes.train_check:
+        record["train_check"] = run_nodes.train_check
+    if run_nodes.skipped:
+        record["skipped_nodes"] = run_nodes.skipped
     state["remote_run"] = record
     write_state(state)  # from here on, teardown refuses until collect brings everything back
+    warnings = _end_workers(nodes, run_nodes.workers, cham["poll_seconds"])
+    if warnings:
+        record["warnings"] = warnings
+        write_state(state)
+    with contextlib.suppress(ChameleonError, OSError, ValueError, KeyError):  # named if it can be
+        run_id = _node_run_id(node)
+        record.update(run_id=run_id, unsaved=[f"MLflow run {run_id} (not exported)", *on_node])
+        write_state(state)
+    try:
+        node.run(_in_container("python workflow/scripts/run_copy.py export"))
+    except ChameleonError as error:
+        raise ChameleonError(f"{error}; the run is kept on node {nodes[0].name} (teardown refuses): run "
+                             "`snakemake -c1 remote_run` again to export and push it") from None
+    run_id = _node_run_id(node)
+    on_node_only = [f"MLflow run {run_id}", "results/", "dvc.lock"]
+    record.update(run_id=run_id, unsaved=[*on_node_only, not_pushed])
+    record.pop("provisional")
+    write_state(state)
+    noted = (f" ({len(warnings)} warning(s) about the other nodes, kept in the state file's remote_run)"
+             if warnings else "")
     if not remote["name"]:
-        print(f"remote: run finished on the node: MLflow run {run['run_id']} exported; the DVC outputs "
-              "stay on the node until `snakemake -c1 collect` copies them over SSH")
+        print(f"remote: run finished on the node: MLflow run {run_id} exported; the DVC outputs "
+              f"stay on the node until `snakemake -c1 collect` copies them over SSH{noted}")
         return
     try:
         checksums = " ".join(f"{k}={v}" for k, v in object_store.CHECKSUMS.items())
@@ -431,8 +548,15 @@ def remote_run(config: dict) -> None:
                              "them over SSH instead") from None
     record.update(pushed=True, unsaved=on_node_only)
     write_state(state)
-    print(f"remote: run finished on the node: MLflow run {run['run_id']} exported, DVC outputs pushed to "
-          f"'{remote['name']}' ({remote['where']}); next: `snakemake -c1 collect`")
+    print(f"remote: run finished on the node: MLflow run {run_id} exported, DVC outputs pushed to "
+          f"'{remote['name']}' ({remote['where']}); next: `snakemake -c1 collect`{noted}")
+
+
+def _node_run_id(node: Runner) -> str:
+    """The MLflow run the first node's pipeline made (its results/run.json)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        node.get(f"{PROJECT}/results/run.json", Path(tmp) / "run.json")
+        return json.loads((Path(tmp) / "run.json").read_text())["run_id"]
 
 
 def _iso(seconds: float) -> str:
@@ -450,6 +574,10 @@ def collect(config: dict) -> dict:
     record = state.get("remote_run")
     if not record:
         raise ChameleonError("remote: no finished remote run to collect; run `snakemake -c1 remote_run`")
+    if record.get("provisional"):
+        raise ChameleonError("remote: the last remote_run stopped after the pipeline, before exporting the "
+                             "MLflow run (the run is kept on the node); run `snakemake -c1 remote_run` again "
+                             "(it exports and pushes), then collect")
     node = runner()
     for rel in ("results", "dvc.lock"):
         _fetch(node, rel)

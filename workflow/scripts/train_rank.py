@@ -5,7 +5,8 @@ torchrun gives each process its place (RANK, WORLD_SIZE, LOCAL_RANK); this joins
 with the configured backend (gloo on the CPU, nccl on CUDA, one GPU per local rank), then trains
 through the package's train() like one process would: the model's fit() shards each epoch and
 DDP averages the gradients. Rank 0 alone writes: the model and models/training.json into the
-folder the train step named (REPROSTACK_MODELS_DIR), and results/history.json. The MLflow run is
+folder the train step named (REPROSTACK_MODELS_DIR), and the history into the file it named
+(REPROSTACK_HISTORY); the train step moves both in once torchrun succeeded. The MLflow run is
 the track step's, from those files: one run per training, whatever the world size.
 """
 
@@ -35,13 +36,15 @@ def main() -> None:
         if rank != 0:
             train.train(prepared, None, config, process)
             return
-        staging = os.environ.get("REPROSTACK_MODELS_DIR")
-        if staging:  # the train step keeps the last good models/ until this one is complete
+        staging, history_at = os.environ.get("REPROSTACK_MODELS_DIR"), os.environ.get("REPROSTACK_HISTORY")
+        if staging:  # the train step keeps the last good models/ until every process succeeded
             history = train.train(prepared, Path(staging), config, process)
+            # staged too: the train step moves it to results/history.json with the models
+            write_json(history_at or "results/history.json", history)
         else:  # started without the train step (launch.py on node 0): keep it here
             with keeping_last_good("train", ROOT / "models") as models:
                 history = train.train(prepared, models, config, process)
-        write_json("results/history.json", history)
+                write_json("results/history.json", history)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -37,3 +37,13 @@ def test_metrics_are_scikit_learns(dtype: type) -> None:
                                                                    zero_division=0)
         assert evaluate.log_loss(y, proba, classes) == metrics.log_loss(y, proba,
                                                                        labels=list(range(classes)))
+
+
+def test_scores_that_are_not_probabilities_are_refused() -> None:
+    """scikit-learn raises on values outside [0, 1] and warns on rows not summing to 1; a model
+    whose predict_proba returns scores must not get a silently clipped log loss."""
+    y = np.array([0, 1])
+    with pytest.raises(ValueError, match=r"values in \[-0.5, 1.5\]; expected probabilities in \[0, 1\]"):
+        evaluate.log_loss(y, np.array([[1.5, -0.5], [0.2, 0.8]]), 2)
+    with pytest.raises(ValueError, match="rows summing to 0.6; expected rows summing to 1"):
+        evaluate.log_loss(y, np.array([[0.5, 0.5], [0.3, 0.3]]), 2)

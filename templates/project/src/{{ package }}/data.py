@@ -55,8 +55,8 @@ HASH_ATTRIBUTE = "user.reprostack.sha256"
 
 
 def _stamp(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    stat = path.stat()  # the same file (inode), size and modification time: DVC's and git's test
+    return f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def record_sha256(path: Path, digest: str, stamp: str | None = None) -> None:
@@ -121,7 +121,10 @@ def describe(cfg: dict[str, Any], raw: Path) -> dict[str, Any]:
     files = manifest(raw)
     if cfg["source"] == "url":
         name = cfg["url"].rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "data.csv"
-        found = files.get(name)
+        # A pin is checked on the bytes themselves, never on a recorded hash.
+        found = sha256_file(raw / name) if (raw / name).is_file() else None
+        if found is not None:
+            files[name] = found
         if found != cfg["sha256"].lower():
             raise DataError(f"data.sha256: pulled {name} has sha256 {found}, expected {cfg['sha256']}; refused")
     pin = {k: v for k, v in cfg.items() if k not in ("source", "target")}

@@ -61,6 +61,14 @@ def log_loss(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float:
         proba = proba.astype(np.float64)
     if proba.ndim != 2 or proba.shape[1] != n_classes:
         raise ValueError(f"predict_proba gave shape {proba.shape}; expected (rows, {n_classes})")
+    # scikit-learn's checks, as one line each: scores are not probabilities.
+    if proba.size and (proba.min() < 0 or proba.max() > 1):
+        raise ValueError(f"predict_proba gave values in [{proba.min():g}, {proba.max():g}]; "
+                         "expected probabilities in [0, 1]")
+    sums = proba.sum(axis=1)
+    if not np.allclose(sums, 1, rtol=np.sqrt(np.finfo(proba.dtype).eps)):
+        worst = float(sums[np.argmax(np.abs(sums - 1))])
+        raise ValueError(f"predict_proba gave rows summing to {worst:g}; expected rows summing to 1")
     eps = np.finfo(proba.dtype).eps
     clipped = np.clip(proba, eps, 1 - eps)
     truth = np.zeros_like(clipped)

@@ -261,11 +261,19 @@ def _read(path: Path) -> Any:
 PLACEMENT = Path("logs") / "placement"
 
 
-def placements(root: Path) -> dict[str, dict[str, Any]]:
+# Steps that run after track (they need its run): their record at track time is the previous
+# run's, so track leaves them out and each adds its own when it writes to the run (link_report).
+AFTER_TRACK = frozenset({"verify"})
+
+
+def placements(root: Path, only: frozenset[str] | None = None) -> dict[str, dict[str, Any]]:
     """Where each step ran, as the steps recorded it when they started (logs/placement/<step>.json,
-    workflow/scripts/placement.py): host, SLURM job, nodes, GPUs; a step not rerun keeps its record."""
+    workflow/scripts/placement.py): host, SLURM job, nodes, GPUs; a step not rerun keeps its record.
+    By default the steps up to track; `only`: those steps."""
     records: dict[str, dict[str, Any]] = {}
     for path in sorted((root / PLACEMENT).glob("*.json")):
+        if (path.stem not in only) if only is not None else (path.stem in AFTER_TRACK):
+            continue
         try:
             records[path.stem] = _read(path)
         except ValueError:  # cut short by a killed step: that step reran, or its record is moot
@@ -627,8 +635,10 @@ def link_report(root: Path, config: dict[str, Any], result: dict[str, Any]) -> N
             for name in ("report.md", "curves.png", "verify.json"):
                 shutil.copy2(root / "results" / name, folder / name)
             client.log_artifacts(run_id, str(folder), artifact_path="reproduction")
+        where_ran = placement_tags(placements(root, only=AFTER_TRACK))
         client.log_batch(run_id, tags=[RunTag("verify.status", result["status"]),
-                                       RunTag("reproduction.report", "reproduction/report.md")])
+                                       RunTag("reproduction.report", "reproduction/report.md"),
+                                       *(RunTag(key, value) for key, value in where_ran.items())])
     except Exception as error:
         what, todo = describe_failure(error, tracking)
         raise TrackingError(f"tracking: {_where(tracking)} {what}; the report stays in results/ "
