@@ -309,8 +309,10 @@ def _datasets(root: Path, data_record: dict[str, Any]) -> list[tuple[Any, str]]:
     prepared = root / "data" / "prepared"
     for part in ("train", "test"):
         digest = hashlib.sha256()
-        for name in (f"x_{part}.npy", f"y_{part}.npy"):
-            digest.update((prepared / name).read_bytes())
+        for name in (f"x_{part}.npy", f"y_{part}.npy"):  # streamed: a large split is never held whole
+            with (prepared / name).open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
         out.append((MetaDataset(source, name=part, digest=digest.hexdigest()[:32]), part))
     return out
 
