@@ -63,6 +63,30 @@ def synthetic(rows: int, features: int = 64, classes: int = 10) -> tuple[np.ndar
     return x, y.astype(np.int64)
 
 
+def per_batch_epochs(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                     params: dict[str, Any], seed: int) -> list[dict[str, float]]:
+    """Adam over seeded shuffled mini-batches as a person writes it (and as fit() did): loss and
+    accuracy read from the device after every batch. The hand-written script's loop, and the
+    reference fit() must equal bit for bit on CPU (tests/test_gpu_loop.py)."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=params["learning_rate"])
+    loss_fn = nn.CrossEntropyLoss()
+    order = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, params["epochs"] + 1):
+        model.train()
+        total, correct = 0.0, 0
+        for idx in torch.randperm(len(labels), generator=order).split(params["batch_size"]):
+            logits = model(features[idx])
+            loss = loss_fn(logits.float(), labels[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == labels[idx]).sum())
+        history.append({"epoch": epoch, "loss": total / len(labels), "accuracy": correct / len(labels)})
+    return history
+
+
 def bare(model_py: ModuleType, x: np.ndarray, y: np.ndarray, params: dict[str, Any],
          device: torch.device, bf16: bool, compile_: bool) -> None:
     """A plain PyTorch loop over the same network, data, batch size and optimiser."""

@@ -25,6 +25,7 @@ import mlflow  # noqa: E402
 import mlflow.pytorch  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gpu_loop import per_batch_epochs  # noqa: E402 (bench/ is on sys.path: run as a script)
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score, log_loss  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
@@ -70,22 +71,7 @@ def main() -> None:
     features, labels = torch.from_numpy(x_train), torch.from_numpy(y_train)
     model.mean.copy_(features.mean(0))
     model.std.copy_(torch.where(features.std(0) > 0, features.std(0), torch.ones(x.shape[1])))
-    optimiser = torch.optim.Adam(model.parameters(), lr=PARAMS["learning_rate"])
-    loss_fn = nn.CrossEntropyLoss()
-    order = torch.Generator().manual_seed(SEED)
-    history = []
-    for epoch in range(1, PARAMS["epochs"] + 1):
-        model.train()
-        total, correct = 0.0, 0
-        for idx in torch.randperm(len(labels), generator=order).split(PARAMS["batch_size"]):
-            logits = model(features[idx])
-            loss = loss_fn(logits.float(), labels[idx])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == labels[idx]).sum())
-        history.append({"epoch": epoch, "loss": total / len(labels), "accuracy": correct / len(labels)})
+    history = per_batch_epochs(model, features, labels, PARAMS, SEED)
     model.eval()
     phases["train"] = time.perf_counter() - mark
 

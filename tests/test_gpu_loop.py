@@ -34,22 +34,7 @@ def per_batch_fit(model_py: Any, x: np.ndarray, y: np.ndarray, seed: int) -> tup
     features = torch.from_numpy(x)
     model.mean.copy_(features.mean(0))
     model.std.copy_(torch.where(features.std(0) > 0, features.std(0), torch.ones(x.shape[1])))
-    labels = torch.from_numpy(y)
-    optimiser = torch.optim.Adam(model.parameters(), lr=PARAMS["learning_rate"])
-    loss_fn = nn.CrossEntropyLoss()
-    order = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, PARAMS["epochs"] + 1):
-        total_loss, correct = 0.0, 0
-        for idx in torch.randperm(len(labels), generator=order).split(PARAMS["batch_size"]):
-            logits = model(features[idx])
-            loss = loss_fn(logits.float(), labels[idx])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == labels[idx]).sum())
-        history.append({"epoch": epoch, "loss": total_loss / len(labels), "accuracy": correct / len(labels)})
+    history = gpu_loop.per_batch_epochs(model, features, torch.from_numpy(y), PARAMS, seed)
     return model.eval(), history
 
 

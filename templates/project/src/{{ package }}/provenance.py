@@ -202,19 +202,24 @@ def _framework_build() -> dict[str, Any]:
 def _torch_version_constants() -> dict[str, Any] | None:
     """The literal constants of torch/version.py, found without importing torch; None without
     torch. A file that cannot be read gives {}, so the caller imports torch."""
-    import ast
     import importlib.util
 
     spec = importlib.util.find_spec("torch")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
     try:
-        body = ast.parse(path.read_text()).body
+        return literal_constants(Path(next(iter(spec.submodule_search_locations))) / "version.py")
     except (OSError, SyntaxError, ValueError):
         return {}
+
+
+def literal_constants(path: Path) -> dict[str, Any]:
+    """The module-level names a Python file binds to literals, read without importing it (nor
+    what it imports)."""
+    import ast
+
     constants: dict[str, Any] = {}
-    for node in body:
+    for node in ast.parse(path.read_text()).body:
         target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
             node.target if isinstance(node, ast.AnnAssign) else None)
         if isinstance(target, ast.Name) and node.value is not None:

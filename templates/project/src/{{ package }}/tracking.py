@@ -215,19 +215,15 @@ def _train_params(train: dict[str, Any]) -> dict[str, Any]:
 def _declared_model() -> Any:
     """model.py for its CONFIG_SCHEMA: the module when imported already, else that literal read
     from the file (the config check refuses a model.py whose CONFIG_SCHEMA is not a literal)."""
-    import ast
     import sys
     import types
 
     loaded = sys.modules.get(f"{__package__}.model")
     if loaded is not None:
         return loaded
-    for node in ast.parse(Path(__file__).with_name("model.py").read_text()).body:
-        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
-            node.target if isinstance(node, ast.AnnAssign) else None)
-        if isinstance(target, ast.Name) and target.id == "CONFIG_SCHEMA" and node.value is not None:
-            with contextlib.suppress(ValueError, TypeError, SyntaxError):
-                return types.SimpleNamespace(CONFIG_SCHEMA=ast.literal_eval(node.value))
+    constants = provenance.literal_constants(Path(__file__).with_name("model.py"))
+    if "CONFIG_SCHEMA" in constants:
+        return types.SimpleNamespace(CONFIG_SCHEMA=constants["CONFIG_SCHEMA"])
     from . import model
 
     return model
