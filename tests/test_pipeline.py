@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -60,6 +61,10 @@ def assert_run_recorded(project: Project, front_end: str) -> str:
         " WHERE i.destination_id = ?", run_id))
     assert set(inputs) == {"raw", "train", "test"}
     assert inputs["raw"] == project.json("results/data.json")["sha256"][:32]
+    for part in ("train", "test"):  # the split's content: its two files' sha256, as data.json names raw's
+        files = {name: hashlib.sha256((project.path / "data" / "prepared" / name).read_bytes()).hexdigest()
+                 for name in (f"x_{part}.npy", f"y_{part}.npy")}
+        assert inputs[part] == hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:32]
     provenance = artifacts(project, run_id) / "provenance"
     for name in ("git.diff", "pip-freeze.txt", "environment.json", "data.json", "metrics.json",
                  "history.json", "config.yaml", "requirements.lock", "run.json", "training.json"):

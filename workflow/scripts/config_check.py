@@ -68,7 +68,8 @@ CHECKED = Path(".snakemake") / "reprostack" / "config-checked"
 
 def _checked_key(path: Path, config: Any) -> str | None:
     """sha256 over every file `validate` reads (the config, the schema, the model's model.py) and
-    this module's own code; None when the config names no package to find model.py by."""
+    the code that checks (this module, launch.py's distributed shape); None when the config names
+    no package to find model.py by."""
     import hashlib
 
     try:
@@ -76,7 +77,8 @@ def _checked_key(path: Path, config: Any) -> str | None:
     except (KeyError, TypeError):
         return None
     digest = hashlib.sha256()
-    for source in (path, ROOT / SCHEMA, package / "model.py", Path(__file__)):
+    code = (Path(__file__), Path(__file__).with_name("launch.py"))
+    for source in (path, ROOT / SCHEMA, package / "model.py", *code):
         digest.update(source.read_bytes() if source.is_file() else b"(none)")
         digest.update(b"\0")
     return digest.hexdigest()
@@ -295,8 +297,10 @@ def _distributed_problem(config: dict[str, Any], root: Path) -> str | None:
     """More than one training process needs a model whose fit() trains under DDP (DISTRIBUTED =
     True in model.py), and nccl needs CUDA: train.device cpu cannot have it. (A GPU that is not
     there is the train step's to refuse: this check does not import torch.)"""
-    dist = config["train"].get("distributed") or {}
-    nnodes, nproc = int(dist.get("nnodes", 1)), int(dist.get("nproc_per_node", 1))
+    from launch import shape
+
+    dist = shape(config["train"], root / SCHEMA)
+    nnodes, nproc = int(dist["nnodes"]), int(dist["nproc_per_node"])
     if dist.get("backend") == "nccl" and config["train"].get("device") == "cpu":
         return ("train.distributed.backend: 'nccl' needs CUDA, but train.device is 'cpu'; "
                 "accepted: gloo or auto (gloo on the CPU)")
@@ -317,10 +321,12 @@ def nodes_problem(config: dict[str, Any], leasing: bool = False) -> str | None:
     torchrun waits for nodes that never come; more and leased nodes sit idle. The default count (1)
     with nnodes > 1 is refused only when leasing (plan, provision, remote_run): the nodes may be
     machines of another kind (a cluster's), started by hand with launch.py."""
+    from launch import shape
+
     if "chameleon" not in config:
         return None
     count = config["chameleon"].get("count", 1)
-    nnodes = (config["train"].get("distributed") or {}).get("nnodes", 1)
+    nnodes = int(shape(config["train"])["nnodes"])
     if count == nnodes or (count == 1 and not leasing):
         return None
     if nnodes == 1:

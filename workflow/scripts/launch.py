@@ -16,6 +16,7 @@ runs the same torchrun command line with its own rank.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -27,20 +28,20 @@ RANK_SCRIPT = "workflow/scripts/train_rank.py"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.json"
 
 
-def _schema_defaults() -> dict[str, Any]:
-    """train.distributed's defaults, as the config schema states them (their one owner)."""
+@functools.cache
+def schema_defaults(schema: Path = SCHEMA) -> dict[str, Any]:
+    """train.distributed's defaults, as the config schema states them (their one owner): read on
+    first use, so that importing this module never fails before the config check can say why."""
     import json
 
-    section = json.loads(SCHEMA.read_text())["properties"]["train"]["properties"]["distributed"]
+    section = json.loads(schema.read_text())["properties"]["train"]["properties"]["distributed"]
     return {key: rule["default"] for key, rule in section["properties"].items()}
 
 
-DEFAULTS = _schema_defaults()  # {"nnodes": 1, "nproc_per_node": 1, "backend": "auto", "master_port": 29500}
-
-
-def shape(train: dict[str, Any]) -> dict[str, Any]:
-    """train.distributed with its defaults filled in."""
-    return {**DEFAULTS, **(train.get("distributed") or {})}
+def shape(train: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
+    """train.distributed with its defaults filled in ({"nnodes": 1, "nproc_per_node": 1,
+    "backend": "auto", "master_port": 29500} where the config leaves them out)."""
+    return {**schema_defaults(schema), **(train.get("distributed") or {})}
 
 
 def world_size(train: dict[str, Any]) -> int:

@@ -7,7 +7,6 @@ project, both gitignored. `server` points the client at an MLflow server by URI.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -304,12 +303,10 @@ def _datasets(root: Path, data_record: dict[str, Any]) -> list[tuple[Any, str]]:
     out = [(MetaDataset(source, name="raw", digest=data_record["sha256"][:32]), "raw")]
     prepared = root / "data" / "prepared"
     for part in ("train", "test"):
-        digest = hashlib.sha256()
-        for name in (f"x_{part}.npy", f"y_{part}.npy"):  # streamed: a large split is never held whole
-            with (prepared / name).open("rb") as handle:
-                while block := handle.read(1 << 22):
-                    digest.update(block)
-        out.append((MetaDataset(source, name=part, digest=digest.hexdigest()[:32]), part))
+        # Each split file's sha256 was recorded as prepare wrote it (data.recorded_sha256 trusts it
+        # only while the file is unchanged): a large split is not read again here.
+        files = {name: data.recorded_sha256(prepared / name) for name in (f"x_{part}.npy", f"y_{part}.npy")}
+        out.append((MetaDataset(source, name=part, digest=data.manifest_digest(files)[:32]), part))
     return out
 
 
