@@ -10,7 +10,10 @@ For each size, one file of random bytes is moved through the stack's own S3 endp
 - the same to a remote written by storage.py itself (`sync_remote`: "after", with
   storage.TRANSFER_SETTINGS);
 - any `--try KEY=VALUE[,KEY=VALUE]` variants (remote options, or `env:NAME=VALUE` for the
-  environment of the dvc commands), for tuning.
+  environment of the dvc commands), for tuning;
+- beneath DVC, push only: s3fs's `put_file` as dvc-objects calls it for one file (its default
+  50 MiB parts, 8 at a time), and the same with boto3's 8 MiB parts, a size no DVC setting
+  reaches (s3fs takes it as a call argument only): where the gap to boto3 lies.
 
 Each DVC variant pushes to its own prefix (so every push uploads) and pulls after the cache and
 the file are deleted (so every pull downloads); the pulled file is checked against the original.
@@ -47,6 +50,10 @@ import storage  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BUCKET = "dvc"
+
+
+# s3fs put_file beneath DVC, by part size: None is s3fs's default (50 MiB), 8 MiB is boto3's.
+S3FS_PARTS = {"s3fs-default-parts": None, "s3fs-8MiB-parts": 8 << 20}
 
 
 def machine() -> str:
@@ -162,6 +169,17 @@ class Bench:
         down_path.unlink()
         return {"push": up, "pull": down}
 
+    def s3fs(self, size_mb: int, round_: int, chunksize: int | None) -> dict[str, float]:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(key=self.keys["AWS_ACCESS_KEY_ID"], secret=self.keys["AWS_SECRET_ACCESS_KEY"],
+                               client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+                               skip_instance_cache=True)
+        start = time.perf_counter()
+        fs.put_file(str(self.work / f"orig-{size_mb}.bin"), f"{BUCKET}/s3fs-{chunksize}-{size_mb}-{round_}/blob.bin",
+                    chunksize=chunksize, max_concurrency=8)
+        return {"push": time.perf_counter() - start}
+
     def dvc(self, repo: Path, name: str, env: dict[str, str], size_mb: int, round_: int) -> dict[str, float]:
         run_env = {**self.env, **env}
         _run(["dvc", "remote", "modify", "--local", name, "url", f"s3://{BUCKET}/{name}-{size_mb}-{round_}"],
@@ -207,10 +225,11 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             repo = bench.repo(size, variants)
             times: dict[str, dict[str, list[float]]] = {}
-            order = ["boto3", *variants]
+            order = ["boto3", *variants, *S3FS_PARTS]
             for round_ in range(args.repeat):
                 for name in order[round_ % len(order):] + order[:round_ % len(order)]:
                     got = (bench.boto3(size, round_) if name == "boto3"
+                           else bench.s3fs(size, round_, S3FS_PARTS[name]) if name in S3FS_PARTS
                            else bench.dvc(repo, name, variants[name][1], size, round_))
                     for verb, seconds in got.items():
                         times.setdefault(name, {}).setdefault(verb, []).append(round(seconds, 2))
@@ -242,6 +261,10 @@ def main() -> None:
         for verb in ("push", "pull"):
             cells = " | ".join(f"{res['median'][n][verb]:.2f} | {res['ratio'][n][verb]:.2f}" for n in names)
             print(f"| {size} MB | {verb} | {res['median']['boto3'][verb]:.2f} | {cells} |")
+    for size, res in results["sizes"].items():
+        beneath = ", ".join(f"{n} {res['median'][n]['push']:.2f} s (ratio "
+                            f"{res['median']['boto3']['push'] / res['median'][n]['push']:.2f})" for n in S3FS_PARTS)
+        print(f"{size} MB push beneath DVC, s3fs put_file: {beneath}")
     for size, res in results["sizes"].items():
         fixed = ", ".join(f"{n} {res['median'][n]['noop_push']:.2f}" for n in names)
         print(f"{size} MB: `dvc push` with nothing to upload (fixed cost, s): {fixed}")

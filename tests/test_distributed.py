@@ -57,7 +57,8 @@ def test_torchrun_command_line_and_defaults() -> None:
     assert argv[-1] == "workflow/scripts/train_rank.py"
     assert launch.world_size(train) == 6 and launch.is_distributed(train)
     assert launch.local_threads(train) == 4
-    assert launch.schema_defaults() == {"nnodes": 1, "nproc_per_node": 1, "backend": "auto", "master_port": 29500}
+    assert launch.schema_defaults() == {"nnodes": 1, "nproc_per_node": 1, "backend": "auto",
+                                        "master_port": 29500}
     assert not launch.is_distributed({"framework": "pytorch"})
     assert launch.backend({"device": "cpu", "distributed": {"nproc_per_node": 2}}) == "gloo"
 
