@@ -84,3 +84,20 @@ def test_publish_writes_transfer_settings_without_keys(repo: Path) -> None:
     for key, value in storage.TRANSFER_SETTINGS.items():
         assert shared[key] == value
     assert "test-secret" not in text and "access_key_id" not in text
+
+
+def test_a_secret_that_begins_with_a_dash_is_written_and_never_shown(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's generated keys (token_urlsafe) begin with "-" one time in 64: DVC's command line
+    must take it as a value, and a failure must not print it."""
+    secret = "-6zBWqM0p3XDAKU6rG38KNQmGdkgE33QiFFf_x84"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    assert storage.sync_remote(repo, S3) == storage.SHARED
+    assert storage.read(repo / ".dvc" / "config.local")['remote "shared"']["secret_access_key"] == secret
+
+    # The command line as it was before "--" (DVC refuses it, echoing the secret): masked.
+    with pytest.raises(SystemExit) as failed:
+        storage._dvc("remote", "modify", "--local", "shared", "secret_access_key", secret, root=repo,
+                     hidden=secret)
+    assert "unrecognized arguments" in str(failed.value) and secret not in str(failed.value)
+    assert "***" in str(failed.value)

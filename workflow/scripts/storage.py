@@ -47,10 +47,13 @@ def read(path: Path) -> dict[str, dict[str, str]]:
     return {name.strip("'"): dict(parser[name]) for name in parser.sections()}
 
 
-def _dvc(*args: str, root: Path) -> None:
+def _dvc(*args: str, root: Path, hidden: str = "") -> None:
+    """Run one dvc command; on a failure, exit with its last line, `hidden` (a secret among the
+    arguments) masked in it."""
     proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"storage: dvc {' '.join(args[:3])} failed: {last_line(proc)}")
+        said = last_line(proc).replace(hidden, "***") if hidden else last_line(proc)
+        raise SystemExit(f"storage: dvc {' '.join(args[:3])} failed: {said}")
 
 
 def last_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -99,7 +102,9 @@ def _ensure(root: Path, name: str, settings: dict[str, str], local: bool) -> Non
         current = read(path)
     for key, value in settings.items():
         if current.get(section, {}).get(key) != value:
-            _dvc("remote", "modify", *flag, name, key, value, root=root)
+            # "--": a value may begin with "-" (a generated secret does, one time in 64).
+            _dvc("remote", "modify", *flag, "--", name, key, value, root=root,
+                 hidden=value if any(w in key for w in ("secret", "token", "password")) else "")
 
 
 def make_private_config(root: Path = ROOT) -> Path:
